@@ -1,0 +1,9 @@
+//! Switchboard's actor crate: the supervision tree, sessions, the inference pool, and the
+//! model code they use.
+
+pub mod inference;
+pub mod model;
+pub mod session;
+pub mod supervisor;
+pub mod telemetry;
+pub mod tree;

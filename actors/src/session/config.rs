@@ -1,0 +1,41 @@
+//! `[sessions]` settings.
+
+use serde::{Deserialize, Serialize};
+
+/// Conversation handling (`[sessions]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// The system prompt put before every conversation (empty = none).
+    pub system_prompt: String,
+    /// Most prompt tokens (system prompt + history + new message) sent to the model; the oldest
+    /// turns are dropped to fit. 0 = the model's context window minus the reply budget.
+    pub max_history_tokens: usize,
+    /// A conversation's actor stops after this many idle seconds (rebuilt on the next message).
+    pub idle_timeout_secs: u64,
+    /// Most turns kept in memory per conversation.
+    pub max_turns: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            system_prompt: "You are Switchboard, a helpful assistant. Answer briefly.".into(),
+            max_history_tokens: 0,
+            idle_timeout_secs: 900,
+            max_turns: 64,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_timeout_secs == 0 {
+            return Err("`sessions.idle_timeout_secs` must be at least 1. Given: 0".into());
+        }
+        if self.max_turns == 0 {
+            return Err("`sessions.max_turns` must be at least 1. Given: 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The session router: owns the map from conversation hash to session actor, spawning one on
+//! first use and forwarding each message without waiting, so conversations run in parallel
+//! while each one's messages stay in order (its actor's mailbox is FIFO).
+
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::actor::{SessionActor, SessionArgs, SessionMsg};
+use super::{ChatError, ChatReply, ChatRequest, SessionConfig, conversation_hash};
+use crate::inference::InferenceClient;
+use crate::supervisor::STOP_REASON_SHUTDOWN;
+use crate::telemetry;
+
+/// Registered name of the router.
+pub const ROUTER_NAME: &str = "sessions.router";
+
+pub struct SessionRouterActor;
+
+pub struct RouterArgs {
+    pub config: SessionConfig,
+    pub inference: InferenceClient,
+    pub fault_injection: bool,
+}
+
+pub enum RouterMsg {
+    /// Route a chat message to its conversation's session.
+    Chat(ChatRequest, RpcReplyPort<Result<ChatReply, ChatError>>),
+    /// A session has been idle; stop it unless a message is on its way to it.
+    SessionIdle { hash: String, last_seq: u64 },
+    /// Number of live sessions.
+    Count(RpcReplyPort<usize>),
+}
+
+struct Live {
+    actor: ActorRef<SessionMsg>,
+    /// Sequence number of the last message forwarded to it.
+    seq: u64,
+}
+
+pub struct RouterState {
+    config: SessionConfig,
+    inference: InferenceClient,
+    fault_injection: bool,
+    /// Live sessions by conversation hash.
+    sessions: HashMap<String, Live>,
+    /// Sessions by actor id, to find the hash of a failed one.
+    by_id: HashMap<ractor::ActorId, String>,
+}
+
+impl Actor for SessionRouterActor {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = RouterArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
+        telemetry::sessions_active(0);
+        Ok(RouterState {
+            config: args.config,
+            inference: args.inference,
+            fault_injection: args.fault_injection,
+            sessions: HashMap::new(),
+            by_id: HashMap::new(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Chat(request, reply) => {
+                let hash = conversation_hash(&request.conversation);
+                if !state.sessions.contains_key(&hash) {
+                    let args = SessionArgs {
+                        hash: hash.clone(),
+                        config: state.config.clone(),
+                        inference: state.inference.clone(),
+                        fault_injection: state.fault_injection,
+                    };
+                    match Actor::spawn_linked(Some(format!("session.{hash}")), SessionActor, args, myself.get_cell()).await {
+                        Ok((actor, _)) => {
+                            state.by_id.insert(actor.get_id(), hash.clone());
+                            state.sessions.insert(hash.clone(), Live { actor, seq: 0 });
+                            telemetry::sessions_active(state.sessions.len());
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(ChatError::Internal(format!("could not start the session: {e}"))));
+                            return Ok(());
+                        }
+                    }
+                }
+                let live = state.sessions.get_mut(&hash).expect("inserted above");
+                live.seq += 1;
+                let seq = live.seq;
+                if let Err(e) = live.actor.cast(SessionMsg::Chat { seq, request, reply }) {
+                    tracing::warn!(session = %hash, error = %e, "Could not deliver a message to its session.");
+                }
+            }
+            RouterMsg::SessionIdle { hash, last_seq } => {
+                if let Some(live) = state.sessions.get(&hash) {
+                    if live.seq == last_seq {
+                        let live = state.sessions.remove(&hash).expect("present");
+                        state.by_id.remove(&live.actor.get_id());
+                        live.actor.stop(Some(STOP_REASON_SHUTDOWN.into()));
+                        telemetry::sessions_active(state.sessions.len());
+                        tracing::debug!(session = %hash, "Stopped an idle session.");
+                    }
+                }
+            }
+            RouterMsg::Count(reply) => {
+                let _ = reply.send(state.sessions.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, _myself: ActorRef<RouterMsg>, evt: SupervisionEvent, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        if let Some(hash) = state.by_id.remove(&cell.get_id()) {
+            state.sessions.remove(&hash);
+            telemetry::sessions_active(state.sessions.len());
+            if let Some(reason) = failure {
+                // The session is rebuilt on the conversation's next message.
+                telemetry::actor_restarted("session");
+                tracing::warn!(session = %hash, %reason, "A session actor failed; it will be rebuilt on the next message.");
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<RouterMsg>, _state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(Some(STOP_REASON_SHUTDOWN.into()), Some(std::time::Duration::from_secs(10))).await;
+        Ok(())
+    }
+}

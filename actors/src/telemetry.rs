@@ -1,0 +1,115 @@
+//! Every metric the daemon exports, named in one place. Functions here record a metric (and
+//! where useful a log line) so call sites never spell a metric name.
+//!
+//! Names follow `switchboard_<area>_<what>` with `_total`, `_seconds` or `_bytes` suffixes and
+//! bounded labels only (platform, route, outcome, reason — never a chat or user id).
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+
+pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
+pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
+pub const REPLY_LATENCY: &str = "switchboard_reply_latency_seconds";
+pub const MESSAGES_RECEIVED: &str = "switchboard_messages_received_total";
+pub const MESSAGES_ANSWERED: &str = "switchboard_messages_answered_total";
+pub const SESSIONS_ACTIVE: &str = "switchboard_sessions_active";
+pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
+pub const INFERENCE_DURATION: &str = "switchboard_inference_duration_seconds";
+pub const INFERENCE_TOKENS: &str = "switchboard_inference_tokens_total";
+pub const INFERENCE_QUEUE_DEPTH: &str = "switchboard_inference_queue_depth";
+pub const INFERENCE_QUEUE_WAIT: &str = "switchboard_inference_queue_wait_seconds";
+pub const INFERENCE_BATCH_SIZE: &str = "switchboard_inference_batch_size";
+pub const INFERENCE_STEP: &str = "switchboard_inference_step_seconds";
+pub const INFERENCE_TTFT: &str = "switchboard_inference_time_to_first_token_seconds";
+pub const INFERENCE_REJECTED: &str = "switchboard_inference_rejected_total";
+pub const INFERENCE_WORKERS_READY: &str = "switchboard_inference_workers_ready";
+pub const BUILD_INFO: &str = "switchboard_build_info";
+pub const UPTIME: &str = "switchboard_uptime_seconds";
+
+/// Histogram buckets for latencies, from 5 ms to 60 s (chat replies on CPU take seconds).
+pub const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+/// Histogram buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Buckets for one model step (milliseconds to seconds).
+pub const STEP_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Registers help texts; call once after the recorder is installed.
+pub fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status code.");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration by route.");
+    describe_histogram!(REPLY_LATENCY, Unit::Seconds, "From a message accepted to its reply ready, by platform.");
+    describe_counter!(MESSAGES_RECEIVED, "Chat messages accepted, by platform.");
+    describe_counter!(MESSAGES_ANSWERED, "Chat messages answered, by platform and outcome (ok, failed, busy).");
+    describe_gauge!(SESSIONS_ACTIVE, "Conversation (session) actors alive.");
+    describe_counter!(ACTOR_RESTARTS, "Restarts of supervised actors, by actor.");
+    describe_histogram!(INFERENCE_DURATION, Unit::Seconds, "Time from a request's submission to its last token.");
+    describe_counter!(INFERENCE_TOKENS, "Tokens processed, by kind (prompt, generated).");
+    describe_gauge!(INFERENCE_QUEUE_DEPTH, "Requests waiting for an inference worker.");
+    describe_histogram!(INFERENCE_QUEUE_WAIT, Unit::Seconds, "Time requests waited in the inference queue.");
+    describe_histogram!(INFERENCE_BATCH_SIZE, "Sequences per model step, by phase (prefill, decode).");
+    describe_histogram!(INFERENCE_STEP, Unit::Seconds, "Duration of one model step, by phase.");
+    describe_histogram!(INFERENCE_TTFT, Unit::Seconds, "Time from submission to the first generated token.");
+    describe_counter!(INFERENCE_REJECTED, "Inference requests refused or dropped, by reason.");
+    describe_gauge!(INFERENCE_WORKERS_READY, "Inference workers registered with the batcher.");
+    describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
+}
+
+pub fn actor_restarted(actor: &str) {
+    counter!(ACTOR_RESTARTS, "actor" => actor.to_string()).increment(1);
+}
+
+pub fn inference_step(batch: usize, took: Duration, phase: &'static str) {
+    histogram!(INFERENCE_BATCH_SIZE, "phase" => phase).record(batch as f64);
+    histogram!(INFERENCE_STEP, "phase" => phase).record(took.as_secs_f64());
+}
+
+pub fn tokens_generated(n: u64) {
+    counter!(INFERENCE_TOKENS, "kind" => "generated").increment(n);
+}
+
+pub fn prompt_tokens(n: u64) {
+    counter!(INFERENCE_TOKENS, "kind" => "prompt").increment(n);
+}
+
+pub fn time_to_first_token(d: Duration) {
+    histogram!(INFERENCE_TTFT).record(d.as_secs_f64());
+}
+
+pub fn inference_done(d: Duration) {
+    histogram!(INFERENCE_DURATION).record(d.as_secs_f64());
+}
+
+pub fn inference_rejected(reason: &'static str) {
+    counter!(INFERENCE_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn queue_wait(d: Duration) {
+    histogram!(INFERENCE_QUEUE_WAIT).record(d.as_secs_f64());
+}
+
+pub fn queue_depth(depth: usize, workers: usize) {
+    gauge!(INFERENCE_QUEUE_DEPTH).set(depth as f64);
+    gauge!(INFERENCE_WORKERS_READY).set(workers as f64);
+}
+
+pub fn sessions_active(n: usize) {
+    gauge!(SESSIONS_ACTIVE).set(n as f64);
+}
+
+pub fn message_received(platform: &'static str) {
+    counter!(MESSAGES_RECEIVED, "platform" => platform).increment(1);
+}
+
+pub fn message_answered(platform: &'static str, outcome: &'static str, latency: Duration) {
+    counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).increment(1);
+    if outcome == "ok" {
+        histogram!(REPLY_LATENCY, "platform" => platform).record(latency.as_secs_f64());
+    }
+}
+
+pub fn http_request(route: &'static str, status: u16, took: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+}

@@ -1,0 +1,296 @@
+//! The daemon's configuration: TOML, every key with a default, any key overridable by an
+//! environment variable `SWITCHBOARD__SECTION__KEY`, unknown keys and bad values refused with
+//! a message that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchboard_actors::inference::InferenceConfig;
+use switchboard_actors::session::SessionConfig;
+use switchboard_actors::supervisor::SupervisionConfig;
+
+/// Prefix of configuration environment variables; `__` separates the levels.
+pub const ENV_PREFIX: &str = "SWITCHBOARD__";
+/// The config file used when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/switchboard.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub inference: InferenceConfig,
+    pub sessions: SessionConfig,
+    pub supervision: SupervisionConfig,
+    pub log: LogConfig,
+    pub testing: TestingConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (`127.0.0.1:0` picks a free port, which is logged).
+    pub listen: String,
+    /// Largest accepted request body in bytes; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the daemon exits.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 65_536, shutdown_grace_secs: 30 }
+    }
+}
+
+/// `[model]`: which model to serve and where ONNX Runtime is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model folder in Hugging Face Optimum layout (model.onnx, config.json, tokenizer.json, …).
+    pub path: PathBuf,
+    /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, else `runtime/libonnxruntime.so`
+    /// installed by `make setup`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnxruntime_lib: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("models/tiny"), onnxruntime_lib: None }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for Loki, ELK, …).
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,switchboard_actors=debug` (`RUST_LOG` wins).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// `[testing]`: switches for the test suite only. Never enable in production.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Lets chat texts `!fault:session-panic`, `!fault:worker-panic` and
+    /// `!fault:worker-panic-always` crash actors on purpose, for the crash tests.
+    pub fault_injection: bool,
+}
+
+/// A configuration problem; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` (or the default file, which may be absent), applies environment overrides
+    /// from `env`, and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let (file, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let mut table = match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax { path: file.clone(), message: e.to_string() })?,
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(source) => return Err(ConfigError::Read { path: file, source }),
+        };
+        apply_env(&mut table, env)?;
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = inner.split(" in `").next().unwrap_or(&inner).trim().to_string();
+            ConfigError::Key { key, message }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every section; errors name the key and echo the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid(format!("`server.listen` must be an address like 127.0.0.1:8080. Given: {:?}", self.server.listen)))?;
+        if self.server.max_body_bytes < 64 {
+            return Err(ConfigError::Invalid(format!("`server.max_body_bytes` must be at least 64. Given: {}", self.server.max_body_bytes)));
+        }
+        self.inference.validate().map_err(ConfigError::Invalid)?;
+        self.sessions.validate().map_err(ConfigError::Invalid)?;
+        self.supervision.validate().map_err(ConfigError::Invalid)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::Invalid(format!("`log.level` is not a valid filter ({e}). Given: {:?}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("config serializes");
+        mask_secrets(&mut value);
+        toml::to_string_pretty(&value).expect("config prints")
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().expect("validated")
+    }
+}
+
+/// Sets `SWITCHBOARD__A__B=value` as key `a.b`. The value is read as a TOML value when it parses
+/// as one (numbers, booleans, arrays), else as a string.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env { var, message: "empty key segment".into() });
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let (last, parents) = path.split_last().expect("non-empty");
+        let mut cur = &mut *table;
+        for p in parents {
+            let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("`{p}` is not a section") })?;
+        }
+        cur.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+/// Key names whose values are secrets.
+fn is_secret_key(key: &str) -> bool {
+    ["token", "secret", "password", "encrypt_key", "api_key"].iter().any(|s| key.contains(s))
+        && !key.ends_with("_file")
+        && !key.ends_with("_sha256")
+}
+
+fn mask_secrets(v: &mut toml::Value) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, val) in t.iter_mut() {
+                if is_secret_key(k) && val.is_str() {
+                    *val = toml::Value::String("***".into());
+                } else {
+                    mask_secrets(val);
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.server.max_body_bytes, 65_536);
+        assert_eq!(cfg.server.listen, "127.0.0.1:8080");
+        assert_eq!(cfg.model.path, PathBuf::from("models/tiny"));
+        assert!(!cfg.testing.fault_injection);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let f = write("[server]\nlisten = \"127.0.0.1:9000\"\n[inference]\nworkers = 3\n");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[("SWITCHBOARD__SERVER__LISTEN", "127.0.0.1:18080"), ("SWITCHBOARD__INFERENCE__MAX_BATCH", "4"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:18080");
+        assert_eq!(cfg.inference.workers, 3);
+        assert_eq!(cfg.inference.max_batch, 4);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = write("[server]\nlisten = \"127.0.0.1:9000\"\nlistne = 1\n");
+        let err = Config::load(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("server.listne"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+        let err = Config::load(None, env(&[("SWITCHBOARD__NOPE__X", "1")])).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let f = write("[inference]\nworkers = \"many\"\n");
+        let err = Config::load(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("inference.workers"), "{err}");
+        let err = Config::load(None, env(&[("SWITCHBOARD__INFERENCE__MAX_BATCH", "0")])).unwrap_err().to_string();
+        assert!(err.contains("`inference.max_batch` must be at least 1. Given: 0"), "{err}");
+        let err = Config::load(None, env(&[("SWITCHBOARD__SERVER__LISTEN", "nowhere")])).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = Config::load(None, env(&[("SWITCHBOARD__LOG__FORMAT", "xml")])).unwrap_err().to_string();
+        assert!(err.contains("log.format"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/switchboard.toml")), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut v: toml::Value = toml::from_str("[a]\nbot_token = \"123:abc\"\ntoken_sha256 = \"ff\"\nname = \"x\"").unwrap();
+        mask_secrets(&mut v);
+        let s = toml::to_string(&v).unwrap();
+        assert!(s.contains("bot_token = \"***\""), "{s}");
+        assert!(s.contains("token_sha256 = \"ff\""), "{s}");
+        assert!(!s.contains("123:abc"));
+    }
+}

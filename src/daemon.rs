@@ -1,0 +1,145 @@
+//! Wiring: logging, metrics, the ONNX Runtime, the actor tree and the HTTP server, plus the
+//! shutdown sequence.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_actors::inference::ExecutionProvider;
+use switchboard_actors::model::onnx::{init_runtime, resolve_runtime_lib};
+use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
+use switchboard_actors::telemetry;
+use switchboard_actors::tree::{self, TreeConfig};
+
+use crate::config::{Config, LogFormat};
+use crate::http::{self, AppState};
+
+/// Sets up `tracing`: text or JSON lines, filtered by `log.level` unless `RUST_LOG` is set.
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_ort(&cfg.log.level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+}
+
+/// ONNX Runtime logs every graph transformation at info; keep it at warn unless the filter
+/// names `ort` itself.
+fn quiet_ort(level: &str) -> String {
+    if level.contains("ort") { level.to_string() } else { format!("{level},ort=warn") }
+}
+
+/// Installs the Prometheus recorder with the histogram buckets (set here, once).
+fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), telemetry::LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(telemetry::INFERENCE_STEP.into()), telemetry::STEP_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(telemetry::INFERENCE_BATCH_SIZE.into()), telemetry::BATCH_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("a metrics recorder was already installed")?;
+    telemetry::describe();
+    metrics::gauge!(telemetry::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (exit code 0) or until the tree gives up (error).
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let prometheus = init_metrics()?;
+    let process = metrics_process::Collector::default();
+    process.describe();
+
+    let lib = resolve_runtime_lib(cfg.model.onnxruntime_lib.as_deref());
+    let env = init_runtime(&lib).context("`model.onnxruntime_lib`")?;
+    tracing::info!(library = %lib.display(), "Loaded ONNX Runtime.");
+    let assets = Arc::new(ModelAssets::load(&cfg.model.path).with_context(|| format!("`model.path` = {}", cfg.model.path.display()))?);
+    tracing::info!(model = %cfg.model.path.display(), context_window = assets.context_window, vocab = assets.vocab_size, "Loaded the model assets.");
+
+    let device = match cfg.inference.execution_provider {
+        ExecutionProvider::Cpu => Device::Cpu,
+        ExecutionProvider::Cuda => Device::Cuda {
+            device_id: cfg.inference.cuda_device_id,
+            memory_limit_bytes: (cfg.inference.cuda_memory_limit_mb > 0).then(|| cfg.inference.cuda_memory_limit_mb << 20),
+        },
+    };
+    let upkeep_handle = prometheus.clone();
+    let tree = tree::start(TreeConfig {
+        assets,
+        env,
+        session_options: SessionOptions { intra_op_threads: cfg.inference.intra_op_threads, device },
+        inference: cfg.inference.clone(),
+        sessions: cfg.sessions.clone(),
+        supervision: cfg.supervision.clone(),
+        fault_injection: cfg.testing.fault_injection,
+        upkeep: Arc::new(move || upkeep_handle.run_upkeep()),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the actor tree did not start: {e}"))?;
+    if cfg.testing.fault_injection {
+        tracing::warn!("testing.fault_injection is on: chat texts can crash actors on purpose. Never use this in production.");
+    }
+
+    let state = Arc::new(AppState {
+        started: Default::default(),
+        shutting_down: Default::default(),
+        ready_workers: tree.ready_workers.clone(),
+        prometheus,
+        process,
+        max_body_bytes: cfg.server.max_body_bytes,
+        chat_timeout: Duration::from_millis(cfg.inference.request_timeout_ms + 5_000),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
+        .await
+        .with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(http::routes(state.clone()))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop_rx.await;
+        })
+        .run();
+    let mut server = tokio::spawn(server);
+    state.started.store(true, Ordering::Release);
+    tracing::info!(%addr, "Switchboard is listening.");
+
+    let mut root_done = tree.handle;
+    let signal = shutdown_signal();
+    tokio::select! {
+        sig = signal => {
+            tracing::info!(signal = sig, "Shutting down: no new requests, finishing in-flight ones.");
+        }
+        _ = &mut root_done => {
+            state.shutting_down.store(true, Ordering::Release);
+            let _ = stop_tx.send(());
+            anyhow::bail!("the supervision tree gave up after too many restarts; exiting so the service manager can restart the daemon");
+        }
+        r = &mut server => {
+            anyhow::bail!("the HTTP server stopped unexpectedly: {r:?}");
+        }
+    }
+    state.shutting_down.store(true, Ordering::Release);
+    let _ = stop_tx.send(());
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        tracing::warn!(grace_secs = cfg.server.shutdown_grace_secs, "In-flight requests did not finish within the grace period.");
+    }
+    tree.root.stop(Some(switchboard_actors::supervisor::STOP_REASON_SHUTDOWN.into()));
+    let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
+    tracing::info!("Switchboard stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
