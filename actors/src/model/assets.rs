@@ -243,7 +243,7 @@ mod tests {
         let mut env = minijinja::Environment::new();
         env.add_filter("tojson", py_tojson);
         let out = env
-            .render_str("{{ x | tojson }}", minijinja::context! { x => serde_json::json!({"b": "<a & 'c'>", "a": [1, 2]}) })
+            .render_str("{{ x | tojson }}", minijinja::context! { x => minijinja::Value::from(minijinja::value::Serde(serde_json::json!({"b": "<a & 'c'>", "a": [1, 2]}))) })
             .unwrap();
         assert_eq!(out, r#"{"b": "<a & 'c'>", "a": [1, 2]}"#);
     }
