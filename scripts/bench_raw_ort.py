@@ -19,6 +19,11 @@ tokens/s = batch * new_tokens / wall seconds of one generation (prefill
 included), median over `repeats` timed runs after one untimed warm-up.
 Session: intra_op_num_threads=threads, inter_op_num_threads=1, sequential
 execution, graph optimization level ALL, CPU execution provider.
+
+With --json the object also carries, for the median run, `prefill_s` (the
+first step: prefill + first token) and `decode_step_ms` (mean of the
+new_tokens - 1 decode steps), to compare step by step with the daemon's
+switchboard_inference_step_seconds.
 """
 
 import argparse
@@ -66,8 +71,10 @@ def make_session(model_dir, threads):
                                 providers=["CPUExecutionProvider"])
 
 
-def generate(sess, info, prompts, new_tokens):
-    """Greedy generation; returns generated ids [batch, new_tokens]."""
+def generate(sess, info, prompts, new_tokens, timings=None):
+    """Greedy generation; returns generated ids [batch, new_tokens].
+
+    If `timings` is a list, appends (prefill seconds, decode seconds) of this run."""
     b, plen = prompts.shape
     layers = info["layers"]
     out_names = [o.name for o in sess.get_outputs()]
@@ -80,12 +87,16 @@ def generate(sess, info, prompts, new_tokens):
     ids = prompts
     pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
     out = np.empty((b, new_tokens), np.int64)
+    t_start = time.perf_counter()
+    t_prefill = None
     for step in range(new_tokens):
         feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         feed.update(past)
         res = dict(zip(out_names, sess.run(None, feed)))
         nxt = np.argmax(res["logits"][:, -1, :], axis=-1).astype(np.int64)
         out[:, step] = nxt
+        if step == 0:
+            t_prefill = time.perf_counter()
         if step + 1 == new_tokens:
             break
         for i in range(layers):
@@ -94,6 +105,9 @@ def generate(sess, info, prompts, new_tokens):
         ids = nxt[:, None]
         mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
         pos = (np.cumsum(mask, axis=1) - 1)[:, -1:]
+    if timings is not None:
+        t_end = time.perf_counter()
+        timings.append((t_prefill - t_start, t_end - t_prefill))
     return out
 
 
@@ -121,11 +135,14 @@ def main(argv=None):
 
     generate(sess, info, prompts, a.new_tokens)  # warm-up
     times = []
+    steps = []
     for _ in range(a.repeats):
         t0 = time.perf_counter()
-        generate(sess, info, prompts, a.new_tokens)
+        generate(sess, info, prompts, a.new_tokens, steps)
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
+    mid = sorted(range(len(times)), key=lambda i: times[i])[(len(times) - 1) // 2]
+    prefill_s, decode_s = steps[mid]
     tps = a.batch * a.new_tokens / sec
 
     if a.json:
@@ -140,6 +157,8 @@ def main(argv=None):
             "all_seconds": [round(t, 6) for t in times],
             "session_load_s": round(load_s, 3),
             "onnxruntime": ort.__version__,
+            "prefill_s": round(prefill_s, 6),
+            "decode_step_ms": round(1000 * decode_s / max(1, a.new_tokens - 1), 3),
         }))
     else:
         print(f"raw ORT {ort.__version__}: model={a.model} batch={a.batch} prompt={a.prompt_len} "

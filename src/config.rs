@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::InferenceConfig;
-use switchboard_actors::session::SessionConfig;
+use switchboard_actors::session::{InboxConfig, SessionConfig};
 use switchboard_actors::supervisor::SupervisionConfig;
 
 /// Prefix of configuration environment variables; `__` separates the levels.
@@ -23,6 +23,9 @@ pub struct Config {
     pub model: ModelConfig,
     pub inference: InferenceConfig,
     pub sessions: SessionConfig,
+    pub inbox: InboxConfig,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
     pub testing: TestingConfig,
@@ -62,6 +65,73 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self { path: PathBuf::from("models/tiny"), onnxruntime_lib: None }
     }
+}
+
+/// `[storage]`: where history, the inbox, dead letters and the audit log live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// SQLite database file (the embedded default), used when `url` is not set.
+    pub path: PathBuf,
+    /// `postgres://user:password@host/db` to use PostgreSQL instead (for several nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// PostgreSQL schema holding the tables (created if missing).
+    pub schema: String,
+    /// This node's name in the inbox (each node replays only its own unfinished messages at
+    /// start). Empty: the host name.
+    pub node_id: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/switchboard.db"), url: None, schema: "public".into(), node_id: String::new() }
+    }
+}
+
+impl StorageConfig {
+    /// The database address: `url`, else `sqlite://<path>`.
+    pub fn database_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.path.display()))
+    }
+
+    pub fn node(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into())
+    }
+}
+
+/// Admin API roles, each including the ones before it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read conversations and dead letters.
+    Viewer,
+    /// Also replay dead letters.
+    Operator,
+    /// Also erase conversations.
+    Admin,
+}
+
+/// One admin API token. Only its SHA-256 is configured; the token itself never is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who uses it (written to the audit log).
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the bearer token (`printf %s TOKEN | sha256sum`).
+    pub token_sha256: String,
+}
+
+/// `[admin]`: the admin API under `/admin/v1`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `[[admin.tokens]]` entries; with none, every admin route answers 401.
+    pub tokens: Vec<AdminToken>,
 }
 
 /// Log output format.
@@ -151,6 +221,20 @@ impl Config {
         self.inference.validate().map_err(ConfigError::Invalid)?;
         self.sessions.validate().map_err(ConfigError::Invalid)?;
         self.supervision.validate().map_err(ConfigError::Invalid)?;
+        self.inbox.validate().map_err(ConfigError::Invalid)?;
+        if let Some(url) = &self.storage.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite://")) {
+                return Err(ConfigError::Invalid("`storage.url` must start with postgres:// (or sqlite://). Given: a URL with another scheme".into()));
+            }
+        }
+        for (i, t) in self.admin.tokens.iter().enumerate() {
+            if t.token_sha256.len() != 64 || !t.token_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].token_sha256` must be 64 hex digits (the SHA-256 of the token, not the token)")));
+            }
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].name` must not be empty")));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("`log.level` is not a valid filter ({e}). Given: {:?}", self.log.level)))?;
         Ok(())
@@ -202,11 +286,29 @@ fn is_secret_key(key: &str) -> bool {
         && !key.ends_with("_sha256")
 }
 
+fn mask_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn mask_secrets(v: &mut toml::Value) {
     match v {
         toml::Value::Table(t) => {
             for (k, val) in t.iter_mut() {
-                if is_secret_key(k) && val.is_str() {
+                if k == "url" {
+                    // Mask only the password part of a database URL.
+                    if let Some(u) = val.as_str() {
+                        *val = toml::Value::String(mask_url_password(u));
+                    }
+                } else if is_secret_key(k) && val.is_str() {
                     *val = toml::Value::String("***".into());
                 } else {
                     mask_secrets(val);
@@ -292,5 +394,16 @@ mod tests {
         assert!(s.contains("bot_token = \"***\""), "{s}");
         assert!(s.contains("token_sha256 = \"ff\""), "{s}");
         assert!(!s.contains("123:abc"));
+        assert_eq!(mask_url_password("postgres://bob:hunter2@db/x"), "postgres://bob:***@db/x");
+    }
+
+    #[test]
+    fn admin_tokens_need_a_hash() {
+        let f = write("[[admin.tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken_sha256 = \"secret-token\"\n");
+        let err = Config::load(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("admin.tokens[0].token_sha256"), "{err}");
+        let f = write("[[admin.tokens]]\nname = \"ops\"\nrole = \"root\"\ntoken_sha256 = \"00\"\n");
+        let err = Config::load(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("admin.tokens"), "{err}");
     }
 }

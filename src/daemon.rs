@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_actors::inference::ExecutionProvider;
 use switchboard_actors::model::onnx::{init_runtime, resolve_runtime_lib};
 use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
+use switchboard_actors::session::{ROUTER_NAME, RouterMsg};
+use switchboard_actors::store::{SqlStore, Store};
 use switchboard_actors::telemetry;
 use switchboard_actors::tree::{self, TreeConfig};
 
@@ -66,6 +68,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             memory_limit_bytes: (cfg.inference.cuda_memory_limit_mb > 0).then(|| cfg.inference.cuda_memory_limit_mb << 20),
         },
     };
+    let store = open_store(&cfg).await?;
+    let node = cfg.storage.node();
+    tracing::info!(backend = store.backend(), node = %node, "Opened the store.");
     let upkeep_handle = prometheus.clone();
     let tree = tree::start(TreeConfig {
         assets,
@@ -73,6 +78,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session_options: SessionOptions { intra_op_threads: cfg.inference.intra_op_threads, device },
         inference: cfg.inference.clone(),
         sessions: cfg.sessions.clone(),
+        inbox: cfg.inbox.clone(),
+        store: store.clone(),
         supervision: cfg.supervision.clone(),
         fault_injection: cfg.testing.fault_injection,
         upkeep: Arc::new(move || upkeep_handle.run_upkeep()),
@@ -91,7 +98,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         process,
         max_body_bytes: cfg.server.max_body_bytes,
         chat_timeout: Duration::from_millis(cfg.inference.request_timeout_ms + 5_000),
+        store: store.clone(),
+        node: node.clone(),
+        admin_tokens: cfg.admin.tokens.clone(),
     });
+    state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
+    replay_inbox(&state).await?;
+    tokio::spawn(inbox_gauges(store.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
         .await
         .with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
@@ -132,6 +145,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
     tracing::info!("Switchboard stopped.");
     Ok(())
+}
+
+/// Opens the configured store (SQLite file or PostgreSQL).
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = cfg.storage.database_url();
+    let store = SqlStore::open(&url, &cfg.storage.schema)
+        .await
+        .with_context(|| if cfg.storage.url.is_some() { "`storage.url`".to_string() } else { format!("`storage.path` = {}", cfg.storage.path.display()) })?;
+    Ok(Arc::new(store))
+}
+
+/// Hands the messages this node accepted but never finished (a crash, a kill) back to their
+/// sessions, oldest first; each conversation keeps its order.
+async fn replay_inbox(state: &AppState) -> anyhow::Result<()> {
+    let pending = state.store.inbox_pending(&state.node).await.context("reading the inbox")?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(count = pending.len(), "Replaying messages accepted before the last stop.");
+    let router = ractor::ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()).context("the session router is not running")?;
+    for entry in &pending {
+        if let Some(req) = http::inbox_request(entry) {
+            router.cast(RouterMsg::Chat(req, None)).map_err(|e| anyhow::anyhow!("replay: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the inbox depth and dead-letter gauges current.
+async fn inbox_gauges(store: Arc<dyn Store>) {
+    loop {
+        match (store.inbox_depth().await, store.dead_letter_count().await) {
+            (Ok(depth), Ok(dead)) => telemetry::inbox_gauges(depth, dead),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "Could not read the inbox counts."),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

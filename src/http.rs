@@ -13,6 +13,9 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::{GenerateOptions, InferenceError};
 use switchboard_actors::session::{ChatError, ChatReply, ChatRequest};
+use switchboard_actors::store::{Accepted, InboxEntry, NewInbound, Store};
+
+use crate::config::AdminToken;
 use switchboard_actors::telemetry;
 use switchboard_actors::tree::{HTTP_INGRESS_NAME, IngressMsg};
 use tokio::sync::mpsc;
@@ -34,9 +37,23 @@ pub struct AppState {
     pub max_body_bytes: u64,
     /// How long a chat call may take end to end.
     pub chat_timeout: Duration,
+    /// Durable storage (inbox, history, audit).
+    pub store: Arc<dyn Store>,
+    /// This node's name in the inbox.
+    pub node: String,
+    /// Admin API tokens.
+    pub admin_tokens: Vec<AdminToken>,
 }
 
 impl AppState {
+    /// Writes an audit record; a failure is logged, never hidden.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) {
+        tracing::info!(actor, action, target, "Audit event.");
+        if let Err(e) = self.store.audit_append(actor, action, target, detail).await {
+            tracing::error!(error = %e, actor, action, "Could not write an audit record.");
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.started.load(Ordering::Acquire)
             && !self.shutting_down.load(Ordering::Acquire)
@@ -65,6 +82,14 @@ pub enum ApiError {
     Timeout,
     #[error("unsupported content type; send application/json")]
     UnsupportedMediaType,
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("this action needs the {0} role")]
+    Forbidden(&'static str),
+    #[error("no such {0}")]
+    NoSuch(String),
+    #[error("storage error: {0}")]
+    Storage(String),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -80,6 +105,10 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             ApiError::Chat(e) => match e {
                 ChatError::Inference(InferenceError::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                 ChatError::Inference(InferenceError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -89,6 +118,9 @@ impl ApiError {
                 ChatError::Inference(InferenceError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 ChatError::Inference(InferenceError::Failed(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
                 ChatError::SessionFailed => (StatusCode::INTERNAL_SERVER_ERROR, "session_failed"),
+                ChatError::DeadLettered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dead_lettered"),
+                ChatError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
+                ChatError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
                 ChatError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
@@ -102,6 +134,9 @@ impl ApiError {
     pub fn into_response(self) -> warp::reply::Response {
         let (status, _) = self.status_and_code();
         let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+        }
         if matches!(self, ApiError::Chat(ChatError::Inference(InferenceError::Busy(_)))) {
             resp.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
         }
@@ -130,6 +165,8 @@ pub struct ChatBody {
     #[serde(default)]
     pub stop: Vec<String>,
     pub seed: Option<u64>,
+    /// Optional id for de-duplication: a second message with the same id gets 409.
+    pub message_id: Option<String>,
 }
 
 /// Answer of `POST /api/v1/chat`.
@@ -156,7 +193,39 @@ impl From<ChatReply> for ChatResponse {
     }
 }
 
-fn parse_chat(body: &[u8]) -> Result<(ChatRequest, bool), ApiError> {
+/// A parsed chat request plus what the inbox needs.
+struct ParsedChat {
+    request: ChatRequest,
+    stream: bool,
+    message_id: Option<String>,
+}
+
+/// Rebuilds a chat request from an inbox row (start-up replay, dead-letter replay).
+pub fn inbox_request(e: &InboxEntry) -> Option<ChatRequest> {
+    let platform = match e.platform.as_str() {
+        "http" => "http",
+        "telegram" => "telegram",
+        "feishu" => "feishu",
+        other => {
+            tracing::warn!(platform = other, inbox_id = e.id, "Inbox entry of an unknown platform skipped.");
+            return None;
+        }
+    };
+    Some(ChatRequest {
+        platform,
+        conversation: e.conversation.clone(),
+        user: e.user.clone(),
+        text: e.text.clone(),
+        options: serde_json::from_str(&e.payload).unwrap_or_default(),
+        deltas: None,
+        accepted_at: Instant::now(),
+        inbox_id: Some(e.id),
+        account: e.account.clone(),
+        attempts: e.attempts,
+    })
+}
+
+fn parse_chat(body: &[u8]) -> Result<ParsedChat, ApiError> {
     let b: ChatBody = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let check = |name: &str, v: &str, max: usize| -> Result<(), ApiError> {
         if v.trim().is_empty() {
@@ -170,6 +239,9 @@ fn parse_chat(body: &[u8]) -> Result<(ChatRequest, bool), ApiError> {
     check("conversation", &b.conversation, 256)?;
     check("user", &b.user, 256)?;
     check("text", &b.text, usize::MAX)?;
+    if let Some(id) = &b.message_id {
+        check("message_id", id, 256)?;
+    }
     let options = GenerateOptions {
         max_new_tokens: b.max_new_tokens,
         temperature: b.temperature,
@@ -189,8 +261,11 @@ fn parse_chat(body: &[u8]) -> Result<(ChatRequest, bool), ApiError> {
         options,
         deltas: None,
         accepted_at: Instant::now(),
+        inbox_id: None,
+        account: "api".into(),
+        attempts: 0,
     };
-    Ok((req, b.stream))
+    Ok(ParsedChat { request: req, stream: b.stream, message_id: b.message_id })
 }
 
 /// Sends a request into the tree and waits for the reply.
@@ -198,18 +273,16 @@ async fn call_session(state: &AppState, req: ChatRequest) -> Result<ChatReply, A
     let ingress = ActorRef::<IngressMsg>::where_is(HTTP_INGRESS_NAME.to_string()).ok_or(ApiError::NotReady)?;
     let platform = req.platform;
     let accepted = req.accepted_at;
-    let result = match ingress.call(|port| IngressMsg::Chat(req, port), Some(state.chat_timeout)).await {
+    let result = match ingress.call(|port| IngressMsg::Chat(req, Some(port)), Some(state.chat_timeout)).await {
         Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(ApiError::from),
         Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::Timeout),
         Ok(ractor::rpc::CallResult::SenderError) => Err(ApiError::Chat(ChatError::SessionFailed)),
         Err(_) => Err(ApiError::NotReady),
     };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(ApiError::Chat(ChatError::Inference(InferenceError::Busy(_)))) => "busy",
-        Err(_) => "failed",
-    };
-    telemetry::message_answered(platform, outcome, accepted.elapsed());
+    // The session counts the messages it answers; count here only those it never answered.
+    if matches!(result, Err(ApiError::Timeout | ApiError::NotReady) | Err(ApiError::Chat(ChatError::SessionFailed))) {
+        telemetry::message_answered(platform, "failed", accepted.elapsed());
+    }
     result
 }
 
@@ -228,7 +301,25 @@ async fn chat(state: Arc<AppState>, content_type: Option<String>, body: Bytes) -
             return Err(warp::reject::custom(ApiError::UnsupportedMediaType));
         }
     }
-    let (mut req, stream) = parse_chat(&body).map_err(warp::reject::custom)?;
+    let ParsedChat { request: mut req, stream, message_id } = parse_chat(&body).map_err(warp::reject::custom)?;
+    // Durable before anything else: from here on a crash loses nothing.
+    let inbound = NewInbound {
+        platform: "http".into(),
+        account: req.account.clone(),
+        dedup_key: message_id.map(|id| format!("http:{id}")),
+        conversation: req.conversation.clone(),
+        user: req.user.clone(),
+        text: req.text.clone(),
+        payload: serde_json::to_string(&req.options).unwrap_or_default(),
+    };
+    match state.store.inbox_accept(&inbound, &state.node).await {
+        Ok(Accepted::New(id)) => req.inbox_id = Some(id),
+        Ok(Accepted::Duplicate(id)) => {
+            telemetry::inbox_duplicate("http");
+            return Err(warp::reject::custom(ApiError::Chat(ChatError::Duplicate(id))));
+        }
+        Err(e) => return Err(warp::reject::custom(ApiError::Storage(e.to_string()))),
+    }
     if !stream {
         let reply = call_session(&state, req).await.map_err(warp::reject::custom)?;
         return Ok(warp::reply::json(&ChatResponse::from(reply)).into_response());
@@ -261,6 +352,7 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/api/v1/chat" => "/api/v1/chat",
+        p if p.starts_with("/admin/v1/") => "/admin/v1",
         _ => "other",
     }
 }
@@ -293,10 +385,12 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(warp::body::content_length_limit(max))
         .and(warp::body::bytes())
         .and_then(chat);
+    let admin = crate::admin::routes(state.clone());
     healthz
         .or(readyz)
         .or(metrics)
         .or(chat)
+        .or(admin)
         .recover(move |r| recover(r, max))
         .with(warp::log::custom(|info| telemetry::http_request(route_label(info.path()), info.status().as_u16(), info.elapsed())))
 }
@@ -313,6 +407,8 @@ async fn recover(r: Rejection, max_body: u64) -> Result<warp::reply::Response, I
         ApiError::BadRequest("a Content-Length header is required".into())
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(format!("invalid query string: {e}"))
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
         ApiError::BadRequest(e.to_string())
     } else if r.find::<warp::reject::UnsupportedMediaType>().is_some() {
@@ -335,5 +431,9 @@ fn clone_api_error(e: &ApiError) -> ApiError {
         ApiError::Chat(c) => ApiError::Chat(c.clone()),
         ApiError::Timeout => ApiError::Timeout,
         ApiError::UnsupportedMediaType => ApiError::UnsupportedMediaType,
+        ApiError::Unauthorized => ApiError::Unauthorized,
+        ApiError::Forbidden(r) => ApiError::Forbidden(r),
+        ApiError::NoSuch(m) => ApiError::NoSuch(m.clone()),
+        ApiError::Storage(m) => ApiError::Storage(m.clone()),
     }
 }

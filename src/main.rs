@@ -26,6 +26,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain; exit 1 if any record was edited or removed.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
@@ -45,6 +59,39 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Audit { command: AuditCommand::Verify { config } } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(async {
+                let store = match switchboard::daemon::open_store(&cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let records = match store.audit_records().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match switchboard_actors::store::verify_chain(&records) {
+                    Ok(n) => {
+                        println!("audit log intact: {n} records verified");
+                        ExitCode::SUCCESS
+                    }
+                    Err((id, why)) => {
+                        println!("audit log TAMPERED at record {id}: {why}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
         Command::Run { config } => {
             let cfg = match load(config) {
                 Ok(c) => c,

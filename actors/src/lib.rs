@@ -4,6 +4,7 @@
 pub mod inference;
 pub mod model;
 pub mod session;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tree;

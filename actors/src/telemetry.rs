@@ -24,6 +24,11 @@ pub const INFERENCE_STEP: &str = "switchboard_inference_step_seconds";
 pub const INFERENCE_TTFT: &str = "switchboard_inference_time_to_first_token_seconds";
 pub const INFERENCE_REJECTED: &str = "switchboard_inference_rejected_total";
 pub const INFERENCE_WORKERS_READY: &str = "switchboard_inference_workers_ready";
+pub const INBOX_DEPTH: &str = "switchboard_inbox_depth";
+pub const INBOX_RETRIES: &str = "switchboard_inbox_retries_total";
+pub const DEAD_LETTERS: &str = "switchboard_dead_letters";
+pub const INBOX_DUPLICATES: &str = "switchboard_inbox_duplicates_total";
+pub const ADMIN_REQUESTS: &str = "switchboard_admin_requests_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -52,6 +57,11 @@ pub fn describe() {
     describe_histogram!(INFERENCE_TTFT, Unit::Seconds, "Time from submission to the first generated token.");
     describe_counter!(INFERENCE_REJECTED, "Inference requests refused or dropped, by reason.");
     describe_gauge!(INFERENCE_WORKERS_READY, "Inference workers registered with the batcher.");
+    describe_gauge!(INBOX_DEPTH, "Accepted messages not yet answered (durable inbox).");
+    describe_counter!(INBOX_RETRIES, "Retries of messages whose answer failed.");
+    describe_gauge!(DEAD_LETTERS, "Dead letters waiting for an operator (not replayed).");
+    describe_counter!(INBOX_DUPLICATES, "Messages dropped as duplicates of one already received, by platform.");
+    describe_counter!(ADMIN_REQUESTS, "Admin API requests by outcome (ok, unauthorized, forbidden, error).");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -112,4 +122,21 @@ pub fn message_answered(platform: &'static str, outcome: &'static str, latency: 
 pub fn http_request(route: &'static str, status: u16, took: Duration) {
     counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+}
+
+pub fn inbox_retry() {
+    counter!(INBOX_RETRIES).increment(1);
+}
+
+pub fn inbox_gauges(depth: i64, dead_letters: i64) {
+    gauge!(INBOX_DEPTH).set(depth as f64);
+    gauge!(DEAD_LETTERS).set(dead_letters as f64);
+}
+
+pub fn inbox_duplicate(platform: &'static str) {
+    counter!(INBOX_DUPLICATES, "platform" => platform).increment(1);
+}
+
+pub fn admin_request(outcome: &'static str) {
+    counter!(ADMIN_REQUESTS, "outcome" => outcome).increment(1);
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::inference::worker::worker_name;
@@ -21,7 +21,9 @@ use crate::inference::{
     BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, InferenceClient, InferenceConfig, WorkerActor, WorkerArgs,
 };
 use crate::model::{ModelAssets, SessionOptions};
-use crate::session::{ChatError, ChatReply, ChatRequest, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
+use crate::session::actor::ReplyPort;
+use crate::session::{ChatError, ChatRequest, InboxConfig, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
+use crate::store::Store;
 use crate::supervisor::{ChildObserver, ChildSpec, SupervisionConfig, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use crate::telemetry;
 
@@ -32,6 +34,8 @@ pub struct TreeConfig {
     pub session_options: SessionOptions,
     pub inference: InferenceConfig,
     pub sessions: SessionConfig,
+    pub inbox: InboxConfig,
+    pub store: Arc<dyn Store>,
     pub supervision: SupervisionConfig,
     pub fault_injection: bool,
     /// Called every few seconds by the housekeeping actor (e.g. metrics upkeep).
@@ -113,7 +117,13 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
         let cfg = cfg.clone();
         let client = client.clone();
         ChildSpec::new("sessions", move |parent| {
-            let args = RouterArgs { config: cfg.sessions.clone(), inference: client.clone(), fault_injection: cfg.fault_injection };
+            let args = RouterArgs {
+                config: cfg.sessions.clone(),
+                inbox: cfg.inbox.clone(),
+                inference: client.clone(),
+                store: cfg.store.clone(),
+                fault_injection: cfg.fault_injection,
+            };
             async move { Actor::spawn_linked(Some(ROUTER_NAME.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
@@ -162,7 +172,8 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
 pub struct HttpIngressActor;
 
 pub enum IngressMsg {
-    Chat(ChatRequest, RpcReplyPort<Result<ChatReply, ChatError>>),
+    /// A message already stored in the inbox; the reply port is absent for replays.
+    Chat(ChatRequest, Option<ReplyPort>),
 }
 
 impl Actor for HttpIngressActor {
@@ -185,7 +196,9 @@ impl Actor for HttpIngressActor {
                         }
                     }
                     None => {
-                        let _ = reply.send(Err(ChatError::Internal("the session router is restarting".into())));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(ChatError::Internal("the session router is restarting".into())));
+                        }
                     }
                 }
             }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{BATCHER_NAME, BatcherMsg, Fault, GenEvent, GenRequest, InferenceConfig, InferenceError};
@@ -15,7 +15,7 @@ use crate::telemetry;
 
 /// Generation settings a caller may set per request; unset ones come from
 /// `generation_config.json`, then from `[inference]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateOptions {
     pub max_new_tokens: Option<usize>,

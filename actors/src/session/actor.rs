@@ -1,48 +1,74 @@
-//! The session actor of one conversation: strictly in-order handling of its messages.
+//! The session actor of one conversation: strictly in-order handling of its messages, with
+//! history kept in the store, retries with backoff, and the dead-letter queue as last resort.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::router::{ROUTER_NAME, RouterMsg};
-use super::{ChatError, ChatReply, ChatRequest, SessionConfig};
+use super::{ChatError, ChatReply, ChatRequest, InboxConfig, SessionConfig};
 use crate::inference::{Fault, GenEvent, InferenceClient, InferenceError};
 use crate::model::ChatMessage;
+use crate::store::{InboxEntry, InboxStatus, Store, Turn};
 use crate::telemetry;
 
 pub struct SessionActor;
 
 pub struct SessionArgs {
-    /// The conversation hash (also the actor's name suffix).
+    /// The conversation key and its hash (also the actor's name suffix).
+    pub key: String,
     pub hash: String,
+    pub platform: String,
     pub config: SessionConfig,
+    pub inbox: InboxConfig,
     pub inference: InferenceClient,
+    pub store: Arc<dyn Store>,
     /// Whether chat texts may trigger the test-only faults.
     pub fault_injection: bool,
 }
 
+pub type ReplyPort = RpcReplyPort<Result<ChatReply, ChatError>>;
+
 pub enum SessionMsg {
     /// A message of this conversation; `seq` is the router's counter for idle bookkeeping.
-    Chat { seq: u64, request: ChatRequest, reply: RpcReplyPort<Result<ChatReply, ChatError>> },
+    Chat { seq: u64, request: ChatRequest, reply: Option<ReplyPort> },
+    /// Timer: a failed message's backoff is over; try again.
+    RetryDue,
     /// Timer: stop if nothing happened for the idle timeout.
     IdleCheck,
 }
 
+/// A message waiting its turn.
+struct Pending {
+    request: ChatRequest,
+    reply: Option<ReplyPort>,
+}
+
 /// The conversation's state.
 pub struct SessionState {
+    key: String,
     hash: String,
+    platform: String,
     config: SessionConfig,
+    inbox: InboxConfig,
     inference: InferenceClient,
+    store: Arc<dyn Store>,
     fault_injection: bool,
-    /// Recent turns (user and assistant), oldest first.
+    /// Recent turns of the current context (user and assistant), oldest first.
     turns: Vec<ChatMessage>,
-    /// Last message handled, for idle detection.
+    /// Messages not yet answered, in arrival order; the first may be waiting for a retry.
+    queue: VecDeque<Pending>,
+    /// Set while the first queued message waits for its retry backoff.
+    waiting_retry: bool,
+    /// Last activity, for idle detection.
     last_active: Instant,
-    /// Router sequence number of the last message handled.
+    /// Router sequence number of the last message received.
     last_seq: u64,
 }
 
-const HELP: &str = "Commands: /reset starts a fresh conversation, /help shows this text. Anything else is answered by the assistant.";
+const HELP: &str = "Commands: /reset starts a fresh conversation (the old one is kept for audit), /help shows this text. Anything else is answered by the assistant.";
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
@@ -52,27 +78,42 @@ impl Actor for SessionActor {
     async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
         let every = Duration::from_secs(args.config.idle_timeout_secs.clamp(1, 60));
         myself.send_interval(every, || SessionMsg::IdleCheck);
+        // Rebuild the conversation from the store (after an idle stop or a crash).
+        let stored = args.store.history(&args.key, args.config.max_turns as i64).await?;
+        let turns = stored.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect();
         Ok(SessionState {
+            key: args.key,
             hash: args.hash,
+            platform: args.platform,
             config: args.config,
+            inbox: args.inbox,
             inference: args.inference,
+            store: args.store,
             fault_injection: args.fault_injection,
-            turns: Vec::new(),
+            turns,
+            queue: VecDeque::new(),
+            waiting_retry: false,
             last_active: Instant::now(),
             last_seq: 0,
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Chat { seq, request, reply } => {
                 state.last_seq = seq;
-                let result = state.chat(request).await;
-                state.last_active = Instant::now();
-                let _ = reply.send(result);
+                state.queue.push_back(Pending { request, reply });
+                if !state.waiting_retry {
+                    state.drain(&myself).await;
+                }
+            }
+            SessionMsg::RetryDue => {
+                state.waiting_retry = false;
+                state.drain(&myself).await;
             }
             SessionMsg::IdleCheck => {
-                if state.last_active.elapsed() >= Duration::from_secs(state.config.idle_timeout_secs) {
+                let idle = state.last_active.elapsed() >= Duration::from_secs(state.config.idle_timeout_secs);
+                if idle && state.queue.is_empty() {
                     if let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
                         let _ = router.cast(RouterMsg::SessionIdle { hash: state.hash.clone(), last_seq: state.last_seq });
                     }
@@ -83,30 +124,133 @@ impl Actor for SessionActor {
     }
 }
 
+/// Whether trying again later may help.
+fn retryable(e: &ChatError, has_caller: bool) -> bool {
+    match e {
+        // A caller waiting on the HTTP API was told "busy" and retries itself.
+        ChatError::Inference(InferenceError::Busy(_)) => !has_caller,
+        ChatError::Inference(InferenceError::Timeout(_) | InferenceError::Unavailable(_) | InferenceError::Failed(_)) => true,
+        ChatError::Storage(_) => true,
+        _ => false,
+    }
+}
+
 impl SessionState {
-    async fn chat(&mut self, mut req: ChatRequest) -> Result<ChatReply, ChatError> {
-        let text = req.text.trim();
-        match text {
-            "/reset" => {
-                self.turns.clear();
-                return Ok(self.canned(&req, "Started a fresh conversation."));
+    /// Handles queued messages in order until the queue is empty or one waits for a retry.
+    async fn drain(&mut self, myself: &ActorRef<SessionMsg>) {
+        while !self.queue.is_empty() {
+            let result = self.answer_front().await;
+            self.last_active = Instant::now();
+            let (inbox_id, has_caller, attempts) = {
+                let p = self.queue.front().expect("front exists");
+                (p.request.inbox_id, p.reply.is_some(), p.request.attempts)
+            };
+            match result {
+                Ok(reply) => {
+                    if let Some(id) = inbox_id {
+                        self.finish_inbox(id, InboxStatus::Done, None).await;
+                    }
+                    let p = self.queue.pop_front().expect("front exists");
+                    telemetry::message_answered(p.request.platform, "ok", p.request.accepted_at.elapsed());
+                    if let Some(port) = p.reply {
+                        let _ = port.send(Ok(reply));
+                    }
+                }
+                Err(e) if retryable(&e, has_caller) && attempts + 1 < self.inbox.max_attempts as i64 => {
+                    let attempts = attempts + 1;
+                    self.queue.front_mut().expect("front exists").request.attempts = attempts;
+                    if let Some(id) = inbox_id {
+                        if let Err(se) = self.store.inbox_attempt_failed(id, attempts, &e.to_string()).await {
+                            tracing::warn!(error = %se, "Could not record a failed attempt.");
+                        }
+                    }
+                    let backoff = self.inbox.retry_backoff_ms.saturating_mul(1 << (attempts - 1).min(10) as u64);
+                    tracing::warn!(conversation = %self.hash, attempt = attempts, backoff_ms = backoff, error = %e, "Answering a message failed; retrying after a backoff.");
+                    telemetry::inbox_retry();
+                    self.waiting_retry = true;
+                    myself.send_after(Duration::from_millis(backoff), || SessionMsg::RetryDue);
+                    return;
+                }
+                Err(e) => {
+                    let p = self.queue.pop_front().expect("front exists");
+                    let err = if retryable(&e, has_caller) { self.dead_letter(&p.request, &e).await } else { e };
+                    let outcome = match &err {
+                        ChatError::Inference(InferenceError::Busy(_)) => "busy",
+                        ChatError::DeadLettered { .. } => "apology",
+                        _ => "failed",
+                    };
+                    if let (Some(id), false) = (inbox_id, matches!(err, ChatError::DeadLettered { .. })) {
+                        self.finish_inbox(id, InboxStatus::Rejected, Some(&err.to_string())).await;
+                    }
+                    telemetry::message_answered(p.request.platform, outcome, p.request.accepted_at.elapsed());
+                    if let Some(port) = p.reply {
+                        let _ = port.send(Err(err));
+                    }
+                }
             }
-            "/help" => return Ok(self.canned(&req, HELP)),
+        }
+    }
+
+    async fn finish_inbox(&self, id: i64, status: InboxStatus, error: Option<&str>) {
+        if let Err(e) = self.store.inbox_finish(id, status, error).await {
+            tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished; it will be replayed at the next start.");
+        }
+    }
+
+    /// Moves the message to the dead-letter queue; the user gets the apology.
+    async fn dead_letter(&self, req: &ChatRequest, cause: &ChatError) -> ChatError {
+        let entry = InboxEntry {
+            id: req.inbox_id.unwrap_or(0),
+            platform: req.platform.to_string(),
+            account: req.account.clone(),
+            conversation: req.conversation.clone(),
+            user: req.user.clone(),
+            text: req.text.clone(),
+            payload: serde_json::to_string(&req.options).unwrap_or_default(),
+            attempts: req.attempts + 1,
+            created_ms: 0,
+        };
+        let id = match self.store.dead_letter(&entry, &cause.to_string()).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "Could not write a dead letter.");
+                0
+            }
+        };
+        tracing::error!(conversation = %self.hash, dead_letter = id, error = %cause, "A message failed every attempt and moved to the dead-letter queue.");
+        if let Some(tx) = &req.deltas {
+            let _ = tx.send(self.inbox.apology.clone());
+        }
+        ChatError::DeadLettered { id, apology: self.inbox.apology.clone(), reason: cause.to_string() }
+    }
+
+    /// Answers the first queued message once.
+    async fn answer_front(&mut self) -> Result<ChatReply, ChatError> {
+        let front = self.queue.front_mut().expect("called with a queued message");
+        let text = front.request.text.trim().to_string();
+        match text.as_str() {
+            "/reset" => {
+                self.store.reset(&self.key, &self.hash, &self.platform).await.map_err(|e| ChatError::Storage(e.to_string()))?;
+                self.turns.clear();
+                return Ok(self.canned("Started a fresh conversation."));
+            }
+            "/help" => return Ok(self.canned(HELP)),
             _ => {}
         }
         if self.fault_injection {
-            match text {
+            match text.as_str() {
                 "!fault:session-panic" => panic!("injected fault: session panic"),
-                "!fault:worker-panic" => req.options.fault = Some(Fault::WorkerPanicOnce),
-                "!fault:worker-panic-always" => req.options.fault = Some(Fault::WorkerPanicAlways),
+                "!fault:worker-panic" => front.request.options.fault = Some(Fault::WorkerPanicOnce),
+                "!fault:worker-panic-always" => front.request.options.fault = Some(Fault::WorkerPanicAlways),
                 _ => {}
             }
         }
-        let prompt = self.build_prompt(&req)?;
+        let req = &self.queue.front().expect("front").request;
+        let prompt = self.build_prompt(req)?;
         let prompt_tokens = prompt.len();
         let mut events = self.inference.submit(prompt, &req.options)?;
         let mut reply = String::new();
-        loop {
+        let summary = loop {
             match events.recv().await {
                 Some(GenEvent::Delta(d)) => {
                     if let Some(tx) = &req.deltas {
@@ -114,26 +258,33 @@ impl SessionState {
                     }
                     reply.push_str(&d);
                 }
-                Some(GenEvent::Done(summary)) => {
-                    telemetry::inference_done(req.accepted_at.elapsed());
-                    self.push_turn(ChatMessage::new("user", req.text.clone()));
-                    self.push_turn(ChatMessage::new("assistant", reply.clone()));
-                    return Ok(ChatReply {
-                        conversation: req.conversation,
-                        reply,
-                        tokens: summary.generated_tokens,
-                        prompt_tokens,
-                        finish_reason: Some(summary.finish_reason),
-                        latency: req.accepted_at.elapsed(),
-                    });
-                }
+                Some(GenEvent::Done(summary)) => break summary,
                 Some(GenEvent::Failed(e)) => return Err(e.into()),
                 None => return Err(InferenceError::Unavailable("the inference layer stopped".into()).into()),
             }
-        }
+        };
+        telemetry::inference_done(req.accepted_at.elapsed());
+        let turns = [
+            Turn { role: "user", user: req.user.clone(), content: req.text.clone() },
+            Turn { role: "assistant", user: String::new(), content: reply.clone() },
+        ];
+        self.store.save_turns(&self.key, &self.hash, &self.platform, &turns).await.map_err(|e| ChatError::Storage(e.to_string()))?;
+        let reply = ChatReply {
+            conversation: req.conversation.clone(),
+            reply,
+            tokens: summary.generated_tokens,
+            prompt_tokens,
+            finish_reason: Some(summary.finish_reason),
+            latency: req.accepted_at.elapsed(),
+        };
+        let user_text = req.text.clone();
+        self.push_turn(ChatMessage::new("user", user_text));
+        self.push_turn(ChatMessage::new("assistant", reply.reply.clone()));
+        Ok(reply)
     }
 
-    fn canned(&self, req: &ChatRequest, text: &str) -> ChatReply {
+    fn canned(&self, text: &str) -> ChatReply {
+        let req = &self.queue.front().expect("front").request;
         if let Some(tx) = &req.deltas {
             let _ = tx.send(text.to_string());
         }

@@ -39,3 +39,34 @@ impl SessionConfig {
         Ok(())
     }
 }
+
+/// Retries and the dead-letter queue (`[inbox]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Attempts at answering a message before it moves to the dead-letter queue.
+    pub max_attempts: u32,
+    /// Backoff before the first retry, in milliseconds; doubled for each further attempt.
+    pub retry_backoff_ms: u64,
+    /// What the user is told when their message ends in the dead-letter queue.
+    pub apology: String,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            retry_backoff_ms: 500,
+            apology: "Sorry, I could not answer that just now. Your message was kept and will be looked at.".into(),
+        }
+    }
+}
+
+impl InboxConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("`inbox.max_attempts` must be at least 1. Given: 0".into());
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 pub use actor::{SessionActor, SessionArgs, SessionMsg};
-pub use config::SessionConfig;
+pub use config::{InboxConfig, SessionConfig};
 pub use router::{ROUTER_NAME, RouterArgs, RouterMsg, SessionRouterActor};
 
 use crate::inference::{FinishReason, GenerateOptions, InferenceError};
@@ -41,6 +41,12 @@ pub struct ChatRequest {
     pub deltas: Option<mpsc::UnboundedSender<String>>,
     /// When the message was accepted, for the end-to-end latency.
     pub accepted_at: Instant,
+    /// The message's inbox row, once stored durably.
+    pub inbox_id: Option<i64>,
+    /// Platform account that received it (for the inbox and egress).
+    pub account: String,
+    /// Attempts already made (from the inbox, when replayed).
+    pub attempts: i64,
 }
 
 /// The answer to a chat message.
@@ -65,6 +71,12 @@ pub enum ChatError {
     MessageTooLong { tokens: usize, limit: usize },
     #[error("the conversation's session failed while handling the message")]
     SessionFailed,
+    #[error("{apology} (dead letter {id}: {reason})")]
+    DeadLettered { id: i64, apology: String, reason: String },
+    #[error("the message was already received (inbox entry {0})")]
+    Duplicate(i64),
+    #[error("storage error: {0}")]
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -6,9 +6,12 @@ use std::collections::HashMap;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::actor::{SessionActor, SessionArgs, SessionMsg};
-use super::{ChatError, ChatReply, ChatRequest, SessionConfig, conversation_hash};
+use std::sync::Arc;
+
+use super::actor::{ReplyPort, SessionActor, SessionArgs, SessionMsg};
+use super::{ChatError, ChatRequest, InboxConfig, SessionConfig, conversation_hash};
 use crate::inference::InferenceClient;
+use crate::store::Store;
 use crate::supervisor::STOP_REASON_SHUTDOWN;
 use crate::telemetry;
 
@@ -19,13 +22,17 @@ pub struct SessionRouterActor;
 
 pub struct RouterArgs {
     pub config: SessionConfig,
+    pub inbox: InboxConfig,
     pub inference: InferenceClient,
+    pub store: Arc<dyn Store>,
     pub fault_injection: bool,
 }
 
 pub enum RouterMsg {
-    /// Route a chat message to its conversation's session.
-    Chat(ChatRequest, RpcReplyPort<Result<ChatReply, ChatError>>),
+    /// Route a chat message to its conversation's session (no reply port for replays).
+    Chat(ChatRequest, Option<ReplyPort>),
+    /// Stop a conversation's session (after its data was erased).
+    Evict { key: String },
     /// A session has been idle; stop it unless a message is on its way to it.
     SessionIdle { hash: String, last_seq: u64 },
     /// Number of live sessions.
@@ -40,7 +47,9 @@ struct Live {
 
 pub struct RouterState {
     config: SessionConfig,
+    inbox: InboxConfig,
     inference: InferenceClient,
+    store: Arc<dyn Store>,
     fault_injection: bool,
     /// Live sessions by conversation hash.
     sessions: HashMap<String, Live>,
@@ -57,7 +66,9 @@ impl Actor for SessionRouterActor {
         telemetry::sessions_active(0);
         Ok(RouterState {
             config: args.config,
+            inbox: args.inbox,
             inference: args.inference,
+            store: args.store,
             fault_injection: args.fault_injection,
             sessions: HashMap::new(),
             by_id: HashMap::new(),
@@ -70,9 +81,13 @@ impl Actor for SessionRouterActor {
                 let hash = conversation_hash(&request.conversation);
                 if !state.sessions.contains_key(&hash) {
                     let args = SessionArgs {
+                        key: request.conversation.clone(),
                         hash: hash.clone(),
+                        platform: request.platform.to_string(),
                         config: state.config.clone(),
+                        inbox: state.inbox.clone(),
                         inference: state.inference.clone(),
+                        store: state.store.clone(),
                         fault_injection: state.fault_injection,
                     };
                     match Actor::spawn_linked(Some(format!("session.{hash}")), SessionActor, args, myself.get_cell()).await {
@@ -82,7 +97,10 @@ impl Actor for SessionRouterActor {
                             telemetry::sessions_active(state.sessions.len());
                         }
                         Err(e) => {
-                            let _ = reply.send(Err(ChatError::Internal(format!("could not start the session: {e}"))));
+                            tracing::error!(session = %hash, error = %e, "Could not start a session (its message stays in the inbox).");
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(ChatError::Storage(format!("could not start the session: {e}"))));
+                            }
                             return Ok(());
                         }
                     }
@@ -103,6 +121,14 @@ impl Actor for SessionRouterActor {
                         telemetry::sessions_active(state.sessions.len());
                         tracing::debug!(session = %hash, "Stopped an idle session.");
                     }
+                }
+            }
+            RouterMsg::Evict { key } => {
+                let hash = conversation_hash(&key);
+                if let Some(live) = state.sessions.remove(&hash) {
+                    state.by_id.remove(&live.actor.get_id());
+                    live.actor.stop(Some(STOP_REASON_SHUTDOWN.into()));
+                    telemetry::sessions_active(state.sessions.len());
                 }
             }
             RouterMsg::Count(reply) => {

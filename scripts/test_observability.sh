@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Live-scrape check of the Grafana dashboards and Prometheus alert rules in grafana/.
+#
+#   scripts/test_observability.sh
+#
+# 1. installs Prometheus (Debian package `prometheus`, which ships promtool) if missing;
+# 2. `promtool check rules` and `promtool test rules` on grafana/alerts/;
+# 3. starts the daemon (tiny model, fault injection on, a small inference queue) on a free
+#    loopback port, and Prometheus on another, scraping it every second with the rules loaded;
+# 4. drives traffic: chats, a streaming chat, a 404, a 400, an inference-worker crash, a
+#    session crash and a burst that overflows the inference queue (busy);
+# 5. runs scripts/check_observability.py, which evaluates every dashboard and alert
+#    expression through Prometheus and checks every metric name against /metrics;
+# 6. checks that the checker fails on a copy of a dashboard with a misspelt metric.
+# Everything started is stopped on exit. Exit status 0 only if all of it passed.
+#
+# Needs: bash, curl, python3 (standard library), the built daemon
+# (target/release/switchboard, or SWITCHBOARD_BIN) and `make setup` (models/tiny, runtime/).
+# Environment: SWITCHBOARD_BIN (the daemon), KEEP_WORK=1 (keep the temp folder with the
+# configs and logs), OBS_VERBOSE=1 (list every expression checked).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+BIN=${SWITCHBOARD_BIN:-$ROOT/target/release/switchboard}
+START=$(date +%s)
+
+log() { echo "[observability $(($(date +%s) - START))s] $*" >&2; }
+fail() {
+    log "FAIL: $*"
+    exit 1
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-obs.XXXXXX")
+DAEMON_PID=
+PROM_PID=
+POLICY_CREATED=
+
+stop() { # pid name
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$2 did not stop in 10s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    [ -n "$POLICY_CREATED" ] && rm -f /usr/sbin/policy-rc.d
+    stop "$PROM_PID" prometheus
+    stop "$DAEMON_PID" switchboard
+    if [ "$rc" -ne 0 ]; then
+        for f in daemon.log prometheus.log; do
+            if [ -s "$WORK/$f" ]; then
+                echo "----- last lines of $f -----" >&2
+                sed 's/\x1b\[[0-9;]*m//g' "$WORK/$f" | grep -v -E '^ +([0-9]+: |at )' | tail -n 40 >&2
+            fi
+        done
+    fi
+    if [ "${KEEP_WORK:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    log "$([ "$rc" -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)") in $(($(date +%s) - START))s"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: retries COMMAND every 0.5s until it succeeds.
+wait_for() {
+    local secs=$1 what=$2 deadline
+    shift 2
+    deadline=$(($(date +%s) + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for $what"
+        sleep 0.5
+    done
+}
+
+# prom_has QUERY: true if the instant query returns at least one series.
+prom_has() {
+    curl -fsS --max-time 5 --data-urlencode "query=$1" "$PROM_URL/api/v1/query" |
+        python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(0 if d["status"] == "success" and d["data"]["result"] else 1)'
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Prometheus and promtool
+
+install_prometheus() {
+    [ "$(id -u)" = 0 ] || fail "promtool/prometheus are missing; install the Debian package 'prometheus' (needs root)"
+    command -v apt-get >/dev/null || fail "promtool/prometheus are missing and apt-get is not available"
+    log "installing the Debian package prometheus (without starting its service)"
+    # Keep the package's maintainer scripts from starting the system service.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        POLICY_CREATED=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get update -qq </dev/null || fail "apt-get update failed"
+    timeout 900 apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
+        -o Dpkg::Options::=--force-confold prometheus </dev/null >"$WORK/apt.log" 2>&1 ||
+        { tail -n 20 "$WORK/apt.log" >&2; fail "apt-get install prometheus failed"; }
+    if [ -n "$POLICY_CREATED" ]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_CREATED=
+    fi
+}
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    install_prometheus
+fi
+command -v promtool >/dev/null || fail "promtool not found after installing prometheus"
+log "$(prometheus --version 2>&1 | head -n 1)"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Static checks of the rule files
+
+shopt -s nullglob
+RULE_FILES=("$ROOT"/grafana/alerts/*.yml)
+RULE_TESTS=("$ROOT"/grafana/alerts/tests/*.yml)
+DASHBOARDS=("$ROOT"/grafana/dashboards/*.json)
+shopt -u nullglob
+[ ${#RULE_FILES[@]} -gt 0 ] || fail "no rule files in grafana/alerts/"
+[ ${#DASHBOARDS[@]} -gt 0 ] || fail "no dashboards in grafana/dashboards/"
+
+log "promtool check rules"
+promtool check rules "${RULE_FILES[@]}" || fail "promtool check rules"
+if [ ${#RULE_TESTS[@]} -gt 0 ]; then
+    log "promtool test rules"
+    promtool test rules "${RULE_TESTS[@]}" || fail "promtool test rules"
+fi
+for f in "${DASHBOARDS[@]}"; do
+    python3 -m json.tool "$f" >/dev/null || fail "$f is not valid JSON"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 3. The daemon
+
+[ -x "$BIN" ] || fail "daemon binary $BIN not found: build it first (cargo build --release)"
+[ -d "$ROOT/models/tiny" ] || fail "models/tiny not found: run 'make setup' first"
+
+cat >"$WORK/switchboard.toml" <<EOF
+# Written by scripts/test_observability.sh.
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_secs = 2
+
+[model]
+path = "$ROOT/models/tiny"
+
+[inference]
+# A tiny queue, so that a burst of requests is refused as busy.
+max_queue = 2
+max_batch = 2
+max_new_tokens = 16
+
+[log]
+format = "text"
+level = "info"
+
+[testing]
+fault_injection = true
+EOF
+
+log "starting the daemon"
+NO_COLOR=1 "$BIN" run --config "$WORK/switchboard.toml" >"$WORK/daemon.log" 2>&1 &
+DAEMON_PID=$!
+
+daemon_port() {
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/daemon.log" | grep -m1 -o 'Switchboard is listening.*addr=127\.0\.0\.1:[0-9]*' | grep -o '[0-9]*$'
+}
+deadline=$(($(date +%s) + 90))
+until DPORT=$(daemon_port); do
+    kill -0 "$DAEMON_PID" 2>/dev/null || fail "the daemon exited during start-up"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the daemon did not log its address within 90s"
+    sleep 0.5
+done
+BASE="http://127.0.0.1:$DPORT"
+wait_for 60 "the daemon to be ready" curl -fsS --max-time 2 "$BASE/readyz"
+log "daemon ready at $BASE (pid $DAEMON_PID)"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Prometheus
+
+cat >"$WORK/prometheus.yml" <<EOF
+# Written by scripts/test_observability.sh.
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+$(for f in "${RULE_FILES[@]}"; do echo "  - \"$f\""; done)
+scrape_configs:
+  - job_name: switchboard
+    static_configs:
+      - targets: ["127.0.0.1:$DPORT"]
+EOF
+promtool check config "$WORK/prometheus.yml" >/dev/null || fail "promtool check config"
+
+for attempt in 1 2 3; do
+    PPORT=$(free_port)
+    PROM_URL="http://127.0.0.1:$PPORT"
+    prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb-$attempt" \
+        --storage.tsdb.retention.time=1h --web.listen-address="127.0.0.1:$PPORT" \
+        --log.level=warn >"$WORK/prometheus.log" 2>&1 &
+    PROM_PID=$!
+    deadline=$(($(date +%s) + 45))
+    while kill -0 "$PROM_PID" 2>/dev/null && ! curl -fsS --max-time 2 "$PROM_URL/-/ready" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "Prometheus was not ready within 45s"
+        sleep 0.5
+    done
+    kill -0 "$PROM_PID" 2>/dev/null && break
+    wait "$PROM_PID" 2>/dev/null || true
+    PROM_PID=
+    log "Prometheus exited at start-up (port $PPORT taken?); retrying"
+done
+[ -n "$PROM_PID" ] || fail "Prometheus would not start"
+log "Prometheus ready at $PROM_URL (pid $PROM_PID)"
+wait_for 30 "Prometheus to scrape the daemon" prom_has 'up{job="switchboard"} == 1'
+
+# ---------------------------------------------------------------------------------------------
+# 5. Traffic
+
+# chat BODY [EXPECTED_STATUS]: posts one chat and checks the status code.
+chat() {
+    local code
+    code=$(curl -sS --max-time 60 -o "$WORK/reply" -w '%{http_code}' -X POST \
+        -H 'content-type: application/json' --data "$1" "$BASE/api/v1/chat") || fail "chat request failed: $1"
+    if [ -n "${2:-}" ] && [ "$code" != "$2" ]; then
+        fail "chat $1 answered $code, expected $2: $(head -c 300 "$WORK/reply")"
+    fi
+    echo "$code"
+}
+status_of() { # METHOD PATH [BODY]
+    curl -sS --max-time 30 -o /dev/null -w '%{http_code}' -X "$1" ${3:+--data "$3"} "$BASE$2"
+}
+metrics_have() { # REGEX: true if a line of the daemon's /metrics matches
+    local text
+    text=$(curl -fsS --max-time 5 "$BASE/metrics") || return 1
+    grep -q -- "$1" <<<"$text"
+}
+
+# traffic PASS: one pass of the whole mix. Counters and histograms appear in /metrics only when
+# first touched, so Prometheus's first sample of a series already holds the first pass; the
+# second pass, a few scrapes later, is what makes rate() and histogram_quantile() non-trivial.
+traffic() {
+    local p=$1 code round i pid burst
+    chat "{\"conversation\":\"obs-1\",\"user\":\"u1\",\"text\":\"hello there, pass $p\"}" 200 >/dev/null
+    chat "{\"conversation\":\"obs-2\",\"user\":\"u2\",\"text\":\"what can you do?\"}" 200 >/dev/null
+    chat "{\"conversation\":\"obs-1\",\"user\":\"u1\",\"text\":\"and once more\"}" 200 >/dev/null
+    chat "{\"conversation\":\"obs-3-$p\",\"user\":\"u3\",\"text\":\"a new conversation\"}" 200 >/dev/null
+
+    curl -sS -N --max-time 60 -X POST -H 'content-type: application/json' \
+        --data "{\"conversation\":\"obs-stream\",\"user\":\"u4\",\"text\":\"stream this\",\"stream\":true}" \
+        "$BASE/api/v1/chat" >"$WORK/stream" || fail "streaming chat failed"
+    grep -q '^event: *done' "$WORK/stream" || fail "streaming chat had no done event: $(head -c 300 "$WORK/stream")"
+
+    code=$(status_of GET /no-such-route)
+    [ "$code" = 404 ] || fail "GET /no-such-route answered $code, expected 404"
+    code=$(status_of POST /api/v1/chat '{not json')
+    [ "$code" = 400 ] || fail "a malformed chat answered $code, expected 400"
+    status_of GET /healthz >/dev/null
+
+    # An inference worker crashes once; it is restarted and the request is retried.
+    chat '{"conversation":"obs-fault","user":"u5","text":"!fault:worker-panic"}' 200 >/dev/null
+    metrics_have '^switchboard_actor_restarts_total{' || fail "no actor restart was counted after !fault:worker-panic"
+    # A session actor crashes: that message fails (outcome failed).
+    chat '{"conversation":"obs-session-fault","user":"u6","text":"!fault:session-panic"}' >/dev/null
+
+    # A burst larger than inference.max_queue: some requests are refused as busy (503).
+    for round in 1 2 3; do
+        burst=()
+        for i in $(seq 1 24); do
+            curl -sS --max-time 60 -o /dev/null -X POST -H 'content-type: application/json' \
+                --data "{\"conversation\":\"obs-burst-$p-$round-$i\",\"user\":\"u\",\"text\":\"burst $i\"}" \
+                "$BASE/api/v1/chat" &
+            burst+=($!)
+        done
+        for pid in "${burst[@]}"; do
+            wait "$pid" || fail "a burst request failed (curl exit $?)"
+        done
+        metrics_have '^switchboard_inference_rejected_total{reason="busy"}' && break
+        [ "$round" -lt 3 ] || fail "three bursts of 24 concurrent chats caused no busy rejection"
+    done
+    chat '{"conversation":"obs-1","user":"u1","text":"after the burst"}' 200 >/dev/null
+    kill -0 "$DAEMON_PID" 2>/dev/null || fail "the daemon died during the traffic"
+}
+
+log "driving traffic (first pass)"
+traffic 1
+wait_for 30 "Prometheus to see the first pass" prom_has 'switchboard_inference_rejected_total{reason="busy"}'
+sleep 2
+log "driving traffic (second pass)"
+traffic 2
+log "traffic done"
+# Let Prometheus scrape the final counters several times (1s interval).
+sleep 5
+
+# ---------------------------------------------------------------------------------------------
+# 6. The check, and a check that the check can fail
+
+log "checking every dashboard and alert expression"
+timeout 180 python3 "$ROOT/scripts/check_observability.py" --prometheus "$PROM_URL" \
+    --metrics-url "$BASE/metrics" --dashboards "${DASHBOARDS[@]}" --rules "${RULE_FILES[@]}" \
+    ${OBS_VERBOSE:+--verbose} ||
+    fail "check_observability.py found problems (listed above)"
+
+log "negative test: a dashboard with a misspelt metric must fail the check"
+mkdir -p "$WORK/bad"
+sed 's/switchboard_inference_queue_depth/switchboard_inference_queue_dpeth/g' \
+    "$ROOT/grafana/dashboards/switchboard-inference.json" >"$WORK/bad/switchboard-inference.json"
+grep -q switchboard_inference_queue_dpeth "$WORK/bad/switchboard-inference.json" ||
+    fail "negative test: could not plant the misspelt metric"
+set +e
+timeout 180 python3 "$ROOT/scripts/check_observability.py" --prometheus "$PROM_URL" \
+    --metrics-url "$BASE/metrics" --dashboards "$WORK/bad/switchboard-inference.json" \
+    --rules "${RULE_FILES[@]}" >"$WORK/negative.log" 2>&1
+rc=$?
+set -e
+if [ "$rc" -ne 1 ] || ! grep -q "switchboard_inference_queue_dpeth" "$WORK/negative.log"; then
+    cat "$WORK/negative.log" >&2
+    fail "negative test: the check did not fail (exit $rc) on a misspelt metric"
+fi
+log "negative test ok: the check rejected the misspelt metric"

@@ -1,0 +1,195 @@
+//! The admin API under `/admin/v1`: bearer tokens from config (only their SHA-256 is stored),
+//! three roles, and every action written to the audit log.
+
+use std::sync::Arc;
+
+use ractor::ActorRef;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use switchboard_actors::session::RouterMsg;
+use switchboard_actors::session::ROUTER_NAME;
+use switchboard_actors::telemetry;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::{AdminToken, Role};
+use crate::http::{ApiError, AppState, inbox_request};
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Finds the configured token whose hash matches `presented` (comparing every entry in
+/// constant time).
+pub fn authenticate(tokens: &[AdminToken], presented: &str) -> Option<Principal> {
+    let digest = hex::encode(Sha256::digest(presented.as_bytes()));
+    let mut found = None;
+    for t in tokens {
+        let equal: bool = t.token_sha256.to_ascii_lowercase().as_bytes().ct_eq(digest.as_bytes()).into();
+        if equal && found.is_none() {
+            found = Some(Principal { name: t.name.clone(), role: t.role });
+        }
+    }
+    found
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    platform: Option<String>,
+    limit: Option<i64>,
+}
+
+fn limit(q: Option<i64>) -> Result<i64, ApiError> {
+    match q {
+        None => Ok(100),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!("`limit` must be between 1 and 1000. Given: {n}"))),
+    }
+}
+
+/// Checks the bearer token and role; unauthorized and forbidden attempts are audited too.
+async fn authorize(state: &AppState, header: Option<String>, need: Role, action: &str) -> Result<Principal, Rejection> {
+    let token = header.as_deref().and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim);
+    let Some(principal) = token.and_then(|t| authenticate(&state.admin_tokens, t)) else {
+        telemetry::admin_request("unauthorized");
+        state.audit("anonymous", "admin.unauthorized", action, "missing or unknown bearer token").await;
+        return Err(warp::reject::custom(ApiError::Unauthorized));
+    };
+    if principal.role < need {
+        telemetry::admin_request("forbidden");
+        state.audit(&principal.name, "admin.forbidden", action, &format!("role {:?} lacks {:?}", principal.role, need)).await;
+        return Err(warp::reject::custom(ApiError::Forbidden(need_name(need))));
+    }
+    telemetry::admin_request("ok");
+    Ok(principal)
+}
+
+fn need_name(r: Role) -> &'static str {
+    match r {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
+    }
+}
+
+fn db(e: impl std::fmt::Display) -> Rejection {
+    telemetry::admin_request("error");
+    warp::reject::custom(ApiError::Storage(e.to_string()))
+}
+
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let with_state = warp::any().map(move || state.clone());
+    let auth = warp::header::optional::<String>("authorization");
+    let base = warp::path!("admin" / "v1" / ..);
+
+    let list = base
+        .and(warp::path!("conversations"))
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(auth)
+        .and(warp::query::<ListQuery>())
+        .and_then(|st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+            let who = authorize(&st, h, Role::Viewer, "conversations.list").await?;
+            let limit = limit(q.limit).map_err(warp::reject::custom)?;
+            let list = st.store.conversations(q.platform.as_deref(), limit).await.map_err(db)?;
+            st.audit(&who.name, "admin.conversations.list", q.platform.as_deref().unwrap_or("*"), &format!("{} rows", list.len())).await;
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"conversations": list})).into_response())
+        });
+
+    let messages = base
+        .and(warp::path!("conversations" / String / "messages"))
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(auth)
+        .and(warp::query::<ListQuery>())
+        .and_then(|key: String, st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+            let who = authorize(&st, h, Role::Viewer, "conversations.messages").await?;
+            let limit = limit(q.limit.or(Some(1000))).map_err(warp::reject::custom)?;
+            let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
+                return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));
+            };
+            let msgs = st.store.messages(&conv.key, limit).await.map_err(db)?;
+            st.audit(&who.name, "admin.conversations.messages", &conv.key, &format!("{} messages", msgs.len())).await;
+            Ok(warp::reply::json(&serde_json::json!({"conversation": conv, "messages": msgs})).into_response())
+        });
+
+    let erase = base
+        .and(warp::path!("conversations" / String))
+        .and(warp::delete())
+        .and(with_state.clone())
+        .and(auth)
+        .and_then(|key: String, st: Arc<AppState>, h: Option<String>| async move {
+            let who = authorize(&st, h, Role::Admin, "conversations.erase").await?;
+            let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
+                return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));
+            };
+            if let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
+                let _ = router.cast(RouterMsg::Evict { key: conv.key.clone() });
+            }
+            let rows = st.store.erase(&conv.key).await.map_err(db)?;
+            st.audit(&who.name, "admin.conversations.erase", &conv.key, &format!("{rows} rows erased")).await;
+            Ok(warp::reply::json(&serde_json::json!({"erased": conv.key, "rows": rows})).into_response())
+        });
+
+    let dead = base
+        .and(warp::path!("dead-letters"))
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(auth)
+        .and(warp::query::<ListQuery>())
+        .and_then(|st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+            let who = authorize(&st, h, Role::Viewer, "dead_letters.list").await?;
+            let limit = limit(q.limit).map_err(warp::reject::custom)?;
+            let list = st.store.dead_letters(limit).await.map_err(db)?;
+            st.audit(&who.name, "admin.dead_letters.list", "*", &format!("{} rows", list.len())).await;
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"dead_letters": list})).into_response())
+        });
+
+    let replay = base
+        .and(warp::path!("dead-letters" / String / "replay"))
+        .and(warp::post())
+        .and(with_state)
+        .and(auth)
+        .and_then(|id: String, st: Arc<AppState>, h: Option<String>| async move {
+            let who = authorize(&st, h, Role::Operator, "dead_letters.replay").await?;
+            let id: i64 = id.parse().map_err(|_| warp::reject::custom(ApiError::BadRequest(format!("dead letter id must be a number. Given: {id:?}"))))?;
+            let Some(entry) = st.store.replay_dead_letter(id, &st.node).await.map_err(db)? else {
+                return Err(warp::reject::custom(ApiError::NoSuch(format!("dead letter {id} (or it was already replayed)"))));
+            };
+            st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
+            let inbox_id = entry.id;
+            if let Some(req) = inbox_request(&entry) {
+                if let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
+                    let _ = router.cast(RouterMsg::Chat(req, None));
+                }
+            }
+            Ok(warp::reply::with_status(warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})), StatusCode::ACCEPTED)
+                .into_response())
+        });
+
+    list.or(messages).unify().or(erase).unify().or(dead).unify().or(replay).unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_hash_only() {
+        let tokens = vec![AdminToken {
+            name: "ops".into(),
+            role: Role::Operator,
+            token_sha256: hex::encode(Sha256::digest(b"s3cret")),
+        }];
+        let p = authenticate(&tokens, "s3cret").unwrap();
+        assert_eq!(p.name, "ops");
+        assert_eq!(p.role, Role::Operator);
+        assert!(authenticate(&tokens, "s3cre").is_none());
+        assert!(authenticate(&tokens, &tokens[0].token_sha256).is_none(), "the hash itself is not a token");
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+    }
+}

@@ -1,0 +1,1010 @@
+//! `switchboard-bench`: measures the inference pool end to end through the HTTP API of a real
+//! daemon, against plain ONNX Runtime (`scripts/bench_raw_ort.py`) on the same machine in the
+//! same run. See BENCHMARKS.md for the method; `make bench` runs it.
+//!
+//! Scenarios (every request greedy, exactly `--new-tokens` generated, a fresh conversation id
+//! each so no history grows the prompt):
+//!  (a) `--requests` requests sent all at once vs. the same number one at a time;
+//!  (b) exactly B concurrent requests with `max_batch = B` (one batch) vs. raw ORT at batch B;
+//!  (c) time to first token of `--requests` concurrent streaming requests.
+//!
+//! Tokens/s = generated tokens / wall seconds from the first send to the last reply, the same
+//! way the raw ORT script counts batch * new_tokens / (prefill + decode) seconds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchboard-bench", about = "Benchmark the Switchboard inference pool against raw ONNX Runtime")]
+struct Args {
+    /// Model folder (Optimum layout), e.g. models/gpt2-small.
+    #[arg(long)]
+    model: PathBuf,
+    /// Command prefix that runs scripts/bench_raw_ort.py (run through `sh -c`; `--model ...
+    /// --batch B --prompt-len P --new-tokens N --threads T --repeats R --json` are appended).
+    #[arg(long)]
+    raw_ort: String,
+    /// The daemon binary.
+    #[arg(long, default_value = "target/release/switchboard")]
+    daemon: PathBuf,
+    /// ONNX Runtime shared library for the daemon.
+    #[arg(long, default_value = "runtime/libonnxruntime.so")]
+    ort_lib: PathBuf,
+    /// Requests in scenarios (a) and (c).
+    #[arg(long, default_value_t = 16)]
+    requests: usize,
+    /// Tokens generated per request (the model never emits EOS, so exactly this many).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// ONNX Runtime intra-op threads (daemon and raw ORT alike).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Prompt length to aim for, in tokens (the text is calibrated against the daemon).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Batch sizes for scenario (b).
+    #[arg(long, value_delimiter = ',', default_value = "8,16")]
+    batches: Vec<usize>,
+    /// Timed rounds per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// `inference.max_wait_ms` for scenarios (a) and (c) (the shipped default).
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// `inference.max_wait_ms` for scenario (b), long enough for B requests to form one batch.
+    #[arg(long, default_value_t = 50)]
+    batch_wait_ms: u64,
+    /// How long to wait for the machine to go quiet (no rustc, CPU mostly idle) before a scenario.
+    #[arg(long, default_value_t = 900)]
+    quiet_timeout_s: u64,
+    /// Where to write the results as JSON (empty: don't write).
+    #[arg(long, default_value = "BENCHMARKS-results.json")]
+    out: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+}
+
+/// Nearest-rank percentile of unsorted samples.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string serializes")
+}
+
+fn run_capture(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keeping timings clean: a 2-core machine shared with builds gives garbage numbers.
+
+/// (busy, total) jiffies from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v[3] + v[4];
+    Some((total - idle, total))
+}
+
+/// Fraction of all CPUs busy over `d`.
+fn cpu_busy(d: Duration) -> f64 {
+    let Some((b0, t0)) = cpu_jiffies() else { return 0.0 };
+    std::thread::sleep(d);
+    let Some((b1, t1)) = cpu_jiffies() else { return 0.0 };
+    if t1 <= t0 { 0.0 } else { (b1 - b0) as f64 / (t1 - t0) as f64 }
+}
+
+/// Whether a compiler is running (someone is building).
+fn rustc_running() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc")
+    })
+}
+
+/// Waits until no rustc runs and the CPUs are mostly idle. Returns whether it got quiet.
+fn wait_for_quiet(timeout: Duration) -> bool {
+    let start = Instant::now();
+    let mut last_note: Option<Instant> = None;
+    loop {
+        let rustc = rustc_running();
+        let busy = cpu_busy(Duration::from_millis(700));
+        if !rustc && busy < 0.25 {
+            if last_note.is_some() {
+                eprintln!("  machine is quiet again (CPU {:.0}% busy)", busy * 100.0);
+            }
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            eprintln!("  WARNING: machine still busy after {:?} (rustc running: {rustc}, CPU {:.0}% busy); measuring anyway", timeout, busy * 100.0);
+            return false;
+        }
+        if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            eprintln!("  waiting for the machine to go quiet (rustc running: {rustc}, CPU {:.0}% busy)...", busy * 100.0);
+            last_note = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon under test
+
+struct Daemon {
+    child: Child,
+    base: String,
+    config_path: PathBuf,
+    log_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Daemon {
+    fn start(args: &Args, model: &Path, ort_lib: &Path, name: &str, max_batch: usize, max_wait_ms: u64) -> Result<Daemon> {
+        let config_path = std::env::temp_dir().join(format!("switchboard-bench-{}-{name}.toml", std::process::id()));
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\npath = {model}\nonnxruntime_lib = {lib}\n\n\
+             [inference]\nworkers = 1\nintra_op_threads = {threads}\nmax_batch = {max_batch}\nmax_wait_ms = {max_wait_ms}\n\
+             max_queue = 1024\nrequest_timeout_ms = 300000\nmax_new_tokens = {new}\nexecution_provider = \"cpu\"\n\n\
+             [sessions]\nsystem_prompt = \"\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,switchboard::daemon=info\"\n",
+            model = toml_str(&model.to_string_lossy()),
+            lib = toml_str(&ort_lib.to_string_lossy()),
+            threads = args.threads,
+            new = args.new_tokens,
+        );
+        std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
+        let mut cmd = Command::new(&args.daemon);
+        cmd.arg("run").arg("--config").arg(&config_path);
+        // The scenario's config must be what runs: drop inherited overrides.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SWITCHBOARD__") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("SWITCHBOARD__SERVER__LISTEN", "127.0.0.1:0");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", args.daemon.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let tail = log_tail.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("Switchboard is listening.") {
+                        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                            let addr = v.get("addr").or_else(|| v.pointer("/fields/addr")).and_then(Value::as_str);
+                            if let Some(a) = addr {
+                                let _ = tx.send(a.to_string());
+                            }
+                        }
+                    }
+                    let mut t = tail.lock().expect("log tail");
+                    t.push_back(line);
+                    if t.len() > 40 {
+                        t.pop_front();
+                    }
+                }
+            });
+        }
+        let mut daemon = Daemon { child, base: String::new(), config_path, log_tail };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(addr) => {
+                    daemon.base = format!("http://{addr}");
+                    return Ok(daemon);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = daemon.child.try_wait()? {
+                        std::thread::sleep(Duration::from_millis(200));
+                        bail!("the daemon exited during start-up ({status}); its log:\n{}", daemon.tail());
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the daemon did not log `Switchboard is listening.` within 180 s; its log:\n{}", daemon.tail());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    bail!("the daemon closed its log without listening; its log:\n{}", daemon.tail());
+                }
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        self.log_tail.lock().expect("log tail").iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client side
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct ChatReply {
+    conversation: String,
+    reply: String,
+    tokens: usize,
+    prompt_tokens: usize,
+    finish_reason: Option<String>,
+    latency_ms: u64,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    counter: Arc<AtomicU64>,
+    run_id: String,
+}
+
+impl Client {
+    fn conversation(&self) -> String {
+        format!("bench-{}-{}", self.run_id, self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn wait_ready(&self, daemon: &mut Daemon) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("the daemon exited before it was ready ({status}); its log:\n{}", daemon.tail());
+            }
+            if Instant::now() > deadline {
+                bail!("/readyz did not answer 200 within 120 s; daemon log:\n{}", daemon.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn body(&self, text: &str, max_new_tokens: usize, stream: bool) -> Value {
+        json!({
+            "conversation": self.conversation(),
+            "user": "bench",
+            "text": text,
+            "max_new_tokens": max_new_tokens,
+            "temperature": 0.0,
+            "stream": stream,
+        })
+    }
+
+    /// One non-streaming chat; returns the reply and the client-side latency.
+    async fn chat(&self, text: &str, max_new_tokens: usize) -> Result<(ChatReply, Duration)> {
+        let t0 = Instant::now();
+        let resp = self.http.post(format!("{}/api/v1/chat", self.base)).json(&self.body(text, max_new_tokens, false)).send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let took = t0.elapsed();
+        if !status.is_success() {
+            bail!("chat answered {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        let reply: ChatReply = serde_json::from_slice(&bytes).with_context(|| format!("chat reply {}", String::from_utf8_lossy(&bytes)))?;
+        Ok((reply, took))
+    }
+
+    /// One streaming chat; returns the final reply, the time to the first `delta` event and the
+    /// total time.
+    async fn chat_stream(&self, text: &str, max_new_tokens: usize) -> Result<(ChatReply, Duration, Duration)> {
+        let t0 = Instant::now();
+        let resp = self.http.post(format!("{}/api/v1/chat", self.base)).json(&self.body(text, max_new_tokens, true)).send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let b = resp.bytes().await.unwrap_or_default();
+            bail!("streaming chat answered {status}: {}", String::from_utf8_lossy(&b));
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut ttft = None;
+        let mut done = None;
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk?);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = buf.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&block).replace('\r', "");
+                let mut event = String::new();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                let data = data.join("\n");
+                match event.as_str() {
+                    "delta" => {
+                        if ttft.is_none() {
+                            ttft = Some(t0.elapsed());
+                        }
+                    }
+                    "done" => done = Some(serde_json::from_str::<ChatReply>(&data).with_context(|| format!("done event {data}"))?),
+                    "error" => bail!("the stream ended with an error event: {data}"),
+                    _ => {}
+                }
+            }
+        }
+        let total = t0.elapsed();
+        let reply = done.ok_or_else(|| anyhow!("the stream ended without a `done` event"))?;
+        let ttft = ttft.ok_or_else(|| anyhow!("the stream had no `delta` event"))?;
+        Ok((reply, ttft, total))
+    }
+
+    async fn metrics(&self) -> Result<BTreeMap<String, f64>> {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.error_for_status()?.text().await?;
+        let mut m = BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                if let Ok(v) = v.parse::<f64>() {
+                    m.insert(k.to_string(), v);
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Checks a reply is what every benchmark request must produce.
+fn check_reply(r: &ChatReply, new_tokens: usize, prompt_tokens: Option<usize>) -> Result<()> {
+    if r.tokens != new_tokens {
+        bail!("reply for {} has {} tokens, expected exactly {new_tokens} (finish_reason {:?})", r.conversation, r.tokens, r.finish_reason);
+    }
+    if r.finish_reason.as_deref() != Some("length") {
+        bail!("reply for {} finished with {:?}, expected \"length\"", r.conversation, r.finish_reason);
+    }
+    if let Some(p) = prompt_tokens {
+        if r.prompt_tokens != p {
+            bail!("reply for {} had a {}-token prompt, expected {p}", r.conversation, r.prompt_tokens);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rounds
+
+#[derive(Debug, Clone, Serialize)]
+struct Round {
+    requests: usize,
+    tokens: usize,
+    wall_s: f64,
+    tokens_per_s: f64,
+    /// Client-side latency of each request, in ms (completion order for concurrent rounds).
+    latency_ms: Vec<f64>,
+}
+
+impl Round {
+    fn new(latencies: Vec<Duration>, tokens: usize, wall: Duration) -> Round {
+        Round {
+            requests: latencies.len(),
+            tokens,
+            wall_s: r3(wall.as_secs_f64() * 1000.0) / 1000.0,
+            tokens_per_s: r3(tokens as f64 / wall.as_secs_f64()),
+            latency_ms: latencies.iter().map(|d| r3(d.as_secs_f64() * 1000.0)).collect(),
+        }
+    }
+}
+
+struct Workload<'a> {
+    client: &'a Client,
+    text: &'a str,
+    new_tokens: usize,
+    prompt_tokens: usize,
+}
+
+impl Workload<'_> {
+    async fn sequential(&self, n: usize) -> Result<Round> {
+        let t0 = Instant::now();
+        let mut lats = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (r, took) = self.client.chat(self.text, self.new_tokens).await?;
+            check_reply(&r, self.new_tokens, Some(self.prompt_tokens))?;
+            lats.push(took);
+        }
+        Ok(Round::new(lats, n * self.new_tokens, t0.elapsed()))
+    }
+
+    async fn concurrent(&self, n: usize) -> Result<Round> {
+        let t0 = Instant::now();
+        let futs = (0..n).map(|_| self.client.chat(self.text, self.new_tokens));
+        let results = futures::future::join_all(futs).await;
+        let wall = t0.elapsed();
+        let mut lats = Vec::with_capacity(n);
+        for res in results {
+            let (r, took) = res?;
+            check_reply(&r, self.new_tokens, Some(self.prompt_tokens))?;
+            lats.push(took);
+        }
+        Ok(Round::new(lats, n * self.new_tokens, wall))
+    }
+
+    /// Returns the round and each request's time to first token.
+    async fn streaming(&self, n: usize) -> Result<(Round, Vec<Duration>)> {
+        let t0 = Instant::now();
+        let futs = (0..n).map(|_| self.client.chat_stream(self.text, self.new_tokens));
+        let results = futures::future::join_all(futs).await;
+        let wall = t0.elapsed();
+        let mut lats = Vec::with_capacity(n);
+        let mut ttfts = Vec::with_capacity(n);
+        for res in results {
+            let (r, ttft, total) = res?;
+            check_reply(&r, self.new_tokens, Some(self.prompt_tokens))?;
+            lats.push(total);
+            ttfts.push(ttft);
+        }
+        Ok((Round::new(lats, n * self.new_tokens, wall), ttfts))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the daemon says about itself (/metrics deltas over a measurement)
+
+#[derive(Debug, Clone, Serialize)]
+struct PhaseStats {
+    steps: f64,
+    mean_batch: f64,
+    total_s: f64,
+    mean_step_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct MetricsDelta {
+    prefill: PhaseStats,
+    decode: PhaseStats,
+    generated_tokens: f64,
+    prompt_tokens: f64,
+    /// Time spent inside model steps (prefill + decode) over the measurement's wall time.
+    model_time_s: f64,
+    queue_wait_mean_ms: f64,
+    server_ttft_mean_ms: f64,
+    /// Prefill batch sizes: bucket upper bound -> count (from the histogram).
+    prefill_batch_buckets: BTreeMap<String, f64>,
+}
+
+fn metrics_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> MetricsDelta {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let phase = |p: &str| {
+        let steps = d(&format!("switchboard_inference_step_seconds_count{{phase=\"{p}\"}}"));
+        let secs = d(&format!("switchboard_inference_step_seconds_sum{{phase=\"{p}\"}}"));
+        let bsum = d(&format!("switchboard_inference_batch_size_sum{{phase=\"{p}\"}}"));
+        let bcount = d(&format!("switchboard_inference_batch_size_count{{phase=\"{p}\"}}"));
+        PhaseStats {
+            steps,
+            mean_batch: r3(if bcount > 0.0 { bsum / bcount } else { 0.0 }),
+            total_s: r3(secs),
+            mean_step_ms: r3(if steps > 0.0 { 1000.0 * secs / steps } else { 0.0 }),
+        }
+    };
+    let prefill = phase("prefill");
+    let decode = phase("decode");
+    let qc = d("switchboard_inference_queue_wait_seconds_count");
+    let tc = d("switchboard_inference_time_to_first_token_seconds_count");
+    // Non-cumulative prefill batch-size histogram.
+    let mut buckets = BTreeMap::new();
+    let mut prev = 0.0;
+    for le in ["1", "2", "4", "8", "16", "32", "64", "128"] {
+        let c = d(&format!("switchboard_inference_batch_size_bucket{{phase=\"prefill\",le=\"{le}\"}}"));
+        if c - prev > 0.0 {
+            buckets.insert(format!("<={le}"), c - prev);
+        }
+        prev = c;
+    }
+    MetricsDelta {
+        model_time_s: r3(prefill.total_s + decode.total_s),
+        prefill,
+        decode,
+        generated_tokens: d("switchboard_inference_tokens_total{kind=\"generated\"}"),
+        prompt_tokens: d("switchboard_inference_tokens_total{kind=\"prompt\"}"),
+        queue_wait_mean_ms: r3(if qc > 0.0 { 1000.0 * d("switchboard_inference_queue_wait_seconds_sum") / qc } else { 0.0 }),
+        server_ttft_mean_ms: r3(if tc > 0.0 { 1000.0 * d("switchboard_inference_time_to_first_token_seconds_sum") / tc } else { 0.0 }),
+        prefill_batch_buckets: buckets,
+    }
+}
+
+fn describe_metrics(m: &MetricsDelta, wall_s: f64) -> String {
+    format!(
+        "prefill {} steps (mean batch {:.1}, {:.1} ms each), decode {} steps (mean batch {:.1}, {:.1} ms each); model busy {:.2} s of {:.2} s wall ({:.0}%)",
+        m.prefill.steps,
+        m.prefill.mean_batch,
+        m.prefill.mean_step_ms,
+        m.decode.steps,
+        m.decode.mean_batch,
+        m.decode.mean_step_ms,
+        m.model_time_s,
+        wall_s,
+        100.0 * m.model_time_s / wall_s
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw ONNX Runtime baseline
+
+fn raw_ort(args: &Args, model: &Path, batch: usize, prompt_len: usize) -> Result<Value> {
+    let cmd = format!(
+        "{} --model {} --batch {batch} --prompt-len {prompt_len} --new-tokens {} --threads {} --repeats {} --json",
+        args.raw_ort,
+        sh_quote(&model.to_string_lossy()),
+        args.new_tokens,
+        args.threads,
+        args.repeats
+    );
+    let out = Command::new("sh").arg("-c").arg(&cmd).stdin(Stdio::null()).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow!("`{cmd}` printed no JSON:\n{stdout}"))?;
+    let v: Value = serde_json::from_str(line).with_context(|| format!("parsing the output of `{cmd}`"))?;
+    if v.get("tokens_per_s").and_then(Value::as_f64).is_none() {
+        bail!("`{cmd}` printed no tokens_per_s: {line}");
+    }
+    Ok(v)
+}
+
+fn raw_tps(v: &Value) -> f64 {
+    v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompt calibration
+
+const PROMPT_SOURCE: &str = "Please give me a short summary of tomorrow's weather report for the city, and list what I should bring along for a long walk in the park by the river with my friends and family.";
+
+/// Finds the prefix of [`PROMPT_SOURCE`] whose rendered prompt is closest to `target` tokens.
+async fn calibrate(client: &Client, target: usize) -> Result<(String, usize)> {
+    let chars: Vec<char> = PROMPT_SOURCE.chars().collect();
+    let mut cache: BTreeMap<usize, usize> = BTreeMap::new();
+    async fn probe(client: &Client, chars: &[char], n: usize, cache: &mut BTreeMap<usize, usize>) -> Result<usize> {
+        if let Some(p) = cache.get(&n) {
+            return Ok(*p);
+        }
+        let text: String = chars[..n].iter().collect();
+        let (r, _) = client.chat(&text, 1).await?;
+        cache.insert(n, r.prompt_tokens);
+        Ok(r.prompt_tokens)
+    }
+    let (mut lo, mut hi) = (1usize, chars.len());
+    if probe(client, &chars, hi, &mut cache).await? < target {
+        bail!("the calibration text is too short for a {target}-token prompt");
+    }
+    // Smallest prefix with at least `target` tokens.
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if probe(client, &chars, mid, &mut cache).await? >= target {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    for n in [lo, lo.saturating_sub(1)] {
+        if n >= 1 {
+            probe(client, &chars, n, &mut cache).await?;
+        }
+    }
+    let best = cache
+        .iter()
+        .filter(|(n, _)| chars[..**n].iter().any(|c| !c.is_whitespace()))
+        .min_by_key(|(n, p)| ((**p as i64 - target as i64).abs(), **n))
+        .map(|(n, p)| (*n, *p))
+        .expect("probed");
+    Ok((chars[..best.0].iter().collect(), best.1))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn machine_info() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model_name = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0);
+    let flags = cpuinfo.lines().find_map(|l| l.strip_prefix("flags")).unwrap_or_default();
+    let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    json!({
+        "arch": std::env::consts::ARCH,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model_name,
+        "simd": simd,
+        "memory_gib": r3(mem_kib / 1024.0 / 1024.0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "hypervisor": cpuinfo.contains(" hypervisor"),
+    })
+}
+
+fn model_info(model: &Path) -> Value {
+    let cfg: Value = std::fs::read_to_string(model.join("config.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    let size = std::fs::metadata(model.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
+    json!({
+        "path": model.display().to_string(),
+        "layers": cfg.get("n_layer").or(cfg.get("num_hidden_layers")),
+        "heads": cfg.get("n_head").or(cfg.get("num_attention_heads")),
+        "hidden": cfg.get("n_embd").or(cfg.get("hidden_size")),
+        "vocab": cfg.get("vocab_size"),
+        "onnx_mib": r3(size as f64 / 1024.0 / 1024.0),
+    })
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    if args.requests == 0 || args.new_tokens == 0 || args.repeats == 0 || args.threads == 0 {
+        bail!("--requests, --new-tokens, --repeats and --threads must be at least 1");
+    }
+    let model = std::fs::canonicalize(&args.model).with_context(|| format!("model folder {}", args.model.display()))?;
+    if !model.join("model.onnx").is_file() {
+        bail!("{} has no model.onnx (run `make bench-model`)", model.display());
+    }
+    let ort_lib = std::fs::canonicalize(&args.ort_lib).with_context(|| format!("ONNX Runtime library {} (run `make setup`)", args.ort_lib.display()))?;
+    if !args.daemon.is_file() {
+        bail!("daemon binary {} not found (cargo build --release --bin switchboard)", args.daemon.display());
+    }
+    let quiet_timeout = Duration::from_secs(args.quiet_timeout_s);
+    let mut disturbed: Vec<String> = Vec::new();
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let run_id = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
+    let client_for = |base: &str| Client { http: http.clone(), base: base.to_string(), counter: counter.clone(), run_id: run_id.clone() };
+
+    let machine = machine_info();
+    let minfo = model_info(&model);
+    let daemon_version = run_capture(&args.daemon.to_string_lossy(), &["--version"]).unwrap_or_default();
+    let git = run_capture("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let git_dirty = run_capture("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let date = run_capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default();
+    eprintln!("switchboard-bench: {} | model {} | {} new tokens | {} intra-op threads | {} repeats", daemon_version, model.display(), args.new_tokens, args.threads, args.repeats);
+    eprintln!("machine: {} x {} ({}), {} GiB", machine["cpus"], machine["cpu_model"].as_str().unwrap_or("?"), machine["arch"].as_str().unwrap_or("?"), machine["memory_gib"]);
+
+    // ---- (a) + (c): the shipped batching settings --------------------------------------------
+    let n = args.requests;
+    eprintln!("\n[a/c] daemon with max_batch={n}, max_wait_ms={}", args.max_wait_ms);
+    if !wait_for_quiet(quiet_timeout) {
+        disturbed.push("a/c: start".into());
+    }
+    let mut d = Daemon::start(&args, &model, &ort_lib, "interactive", n, args.max_wait_ms)?;
+    let client = client_for(&d.base);
+    client.wait_ready(&mut d).await?;
+    let (text, prompt_tokens) = calibrate(&client, args.prompt_tokens).await?;
+    eprintln!("  prompt: {text:?} -> {prompt_tokens} prompt tokens (chat template, empty system prompt)");
+    let w = Workload { client: &client, text: &text, new_tokens: args.new_tokens, prompt_tokens };
+    // Warm-up: one request, then one untimed round at full concurrency.
+    let (warm, _) = client.chat(&text, args.new_tokens).await?;
+    check_reply(&warm, args.new_tokens, Some(prompt_tokens))?;
+    w.concurrent(n).await?;
+
+    let m0 = client.metrics().await?;
+    let mut seq_rounds = Vec::new();
+    for i in 0..args.repeats {
+        let r = w.sequential(n).await?;
+        eprintln!("  sequential round {}: {:.1} tokens/s ({:.2} s)", i + 1, r.tokens_per_s, r.wall_s);
+        seq_rounds.push(r);
+    }
+    let m1 = client.metrics().await?;
+    let mut conc_rounds = Vec::new();
+    for i in 0..args.repeats {
+        let r = w.concurrent(n).await?;
+        eprintln!("  concurrent round {}: {:.1} tokens/s ({:.2} s)", i + 1, r.tokens_per_s, r.wall_s);
+        conc_rounds.push(r);
+    }
+    let m2 = client.metrics().await?;
+    let mut ttft_ms = Vec::new();
+    let mut stream_rounds = Vec::new();
+    for i in 0..args.repeats {
+        let (r, ttfts) = w.streaming(n).await?;
+        let ms: Vec<f64> = ttfts.iter().map(|t| r3(t.as_secs_f64() * 1000.0)).collect();
+        eprintln!("  streaming round {}: TTFT p50 {:.0} ms, max {:.0} ms; {:.1} tokens/s", i + 1, percentile(&ms, 50.0), percentile(&ms, 100.0), r.tokens_per_s);
+        ttft_ms.extend(ms);
+        stream_rounds.push(r);
+    }
+    let m3 = client.metrics().await?;
+    if rustc_running() {
+        disturbed.push("a/c: rustc was running at the end".into());
+    }
+    drop(d);
+
+    let seq_tps = median(&seq_rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
+    let conc_tps = median(&conc_rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
+    let ratio_a = conc_tps / seq_tps;
+    let seq_wall: f64 = seq_rounds.iter().map(|r| r.wall_s).sum();
+    let conc_wall: f64 = conc_rounds.iter().map(|r| r.wall_s).sum();
+    let stream_wall: f64 = stream_rounds.iter().map(|r| r.wall_s).sum();
+    let md_seq = metrics_delta(&m0, &m1);
+    let md_conc = metrics_delta(&m1, &m2);
+    let md_stream = metrics_delta(&m2, &m3);
+    eprintln!("  sequential: {}", describe_metrics(&md_seq, seq_wall));
+    eprintln!("  concurrent: {}", describe_metrics(&md_conc, conc_wall));
+    eprintln!("  streaming:  {}", describe_metrics(&md_stream, stream_wall));
+
+    // Raw ORT for (a)'s context: batch 1 and batch n.
+    if !wait_for_quiet(quiet_timeout) {
+        disturbed.push("raw batch 1: start".into());
+    }
+    eprintln!("\n[raw] ONNX Runtime batch 1, prompt {prompt_tokens}");
+    let raw1 = raw_ort(&args, &model, 1, prompt_tokens)?;
+    eprintln!("  {:.1} tokens/s", raw_tps(&raw1));
+
+    // ---- (b): one batch of B vs raw ORT at batch B ------------------------------------------
+    let mut b_results = Vec::new();
+    let mut raw_by_batch: BTreeMap<usize, Value> = BTreeMap::new();
+    raw_by_batch.insert(1, raw1.clone());
+    for &b in &args.batches {
+        eprintln!("\n[b] batch {b}: raw ONNX Runtime, then the daemon with max_batch={b}, max_wait_ms={}", args.batch_wait_ms);
+        if !wait_for_quiet(quiet_timeout) {
+            disturbed.push(format!("b{b}: raw start"));
+        }
+        let raw = raw_ort(&args, &model, b, prompt_tokens)?;
+        eprintln!("  raw ORT: {:.1} tokens/s (prefill {:.0} ms, decode step {:.1} ms)", raw_tps(&raw), 1000.0 * raw["prefill_s"].as_f64().unwrap_or(f64::NAN), raw["decode_step_ms"].as_f64().unwrap_or(f64::NAN));
+        raw_by_batch.insert(b, raw.clone());
+        if !wait_for_quiet(quiet_timeout) {
+            disturbed.push(format!("b{b}: pool start"));
+        }
+        let mut d = Daemon::start(&args, &model, &ort_lib, &format!("batch{b}"), b, args.batch_wait_ms)?;
+        let client = client_for(&d.base);
+        client.wait_ready(&mut d).await?;
+        let w = Workload { client: &client, text: &text, new_tokens: args.new_tokens, prompt_tokens };
+        let (warm, _) = client.chat(&text, args.new_tokens).await?;
+        check_reply(&warm, args.new_tokens, Some(prompt_tokens))?;
+        w.concurrent(b).await?;
+        let mut rounds = Vec::new();
+        let mut per_round_metrics = Vec::new();
+        for i in 0..args.repeats {
+            let before = client.metrics().await?;
+            let r = w.concurrent(b).await?;
+            let after = client.metrics().await?;
+            let md = metrics_delta(&before, &after);
+            eprintln!("  pool round {}: {:.1} tokens/s ({:.2} s); {}", i + 1, r.tokens_per_s, r.wall_s, describe_metrics(&md, r.wall_s));
+            rounds.push(r);
+            per_round_metrics.push(md);
+        }
+        if rustc_running() {
+            disturbed.push(format!("b{b}: rustc was running at the end"));
+        }
+        drop(d);
+        let pool_tps = median(&rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
+        let raw_t = raw_tps(&raw);
+        let one_batch = per_round_metrics.iter().all(|m| m.prefill.steps == 1.0 && m.prefill.mean_batch == b as f64);
+        let ratio = pool_tps / raw_t;
+        b_results.push(json!({
+            "batch": b,
+            "max_wait_ms": args.batch_wait_ms,
+            "pool_tokens_per_s": r3(pool_tps),
+            "raw_tokens_per_s": r3(raw_t),
+            "ratio": r3(ratio),
+            "target": 0.9,
+            "met": ratio >= 0.9,
+            "one_batch_formed_every_round": one_batch,
+            "pool_rounds": rounds,
+            "pool_metrics_per_round": per_round_metrics,
+            "pool_decode_step_ms": r3(median(&per_round_metrics.iter().map(|m| m.decode.mean_step_ms).collect::<Vec<_>>())),
+            "pool_prefill_ms": r3(median(&per_round_metrics.iter().map(|m| m.prefill.mean_step_ms).collect::<Vec<_>>())),
+            "pool_model_busy_fraction": r3(median(&per_round_metrics.iter().zip(&rounds).map(|(m, r)| m.model_time_s / r.wall_s).collect::<Vec<_>>())),
+            "raw": raw,
+        }));
+    }
+    let raw_n = match raw_by_batch.get(&n) {
+        Some(v) => v.clone(),
+        None => {
+            if !wait_for_quiet(quiet_timeout) {
+                disturbed.push(format!("raw batch {n}: start"));
+            }
+            raw_ort(&args, &model, n, prompt_tokens)?
+        }
+    };
+    let raw_ratio = raw_tps(&raw_n) / raw_tps(&raw1);
+
+    // ---- Report --------------------------------------------------------------------------------
+    let ttft_p50 = percentile(&ttft_ms, 50.0);
+    let ttft_p99 = percentile(&ttft_ms, 99.0);
+    let ttft_max = percentile(&ttft_ms, 100.0);
+    let ttft_min = percentile(&ttft_ms, 0.0);
+    let total_s = started.elapsed().as_secs_f64();
+    let ort_version = raw1["onnxruntime"].as_str().unwrap_or("?").to_string();
+
+    let mut table = String::new();
+    let line = "-".repeat(100);
+    table += &format!(
+        "\nSwitchboard benchmark {date} | {} x {} | ONNX Runtime {ort_version} | {} threads\nmodel {} ({} layers, hidden {}, vocab {}) | prompt {prompt_tokens} tokens | {} new tokens | median of {} rounds\n{line}\n",
+        machine["cpus"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        args.threads,
+        args.model.display(),
+        minfo["layers"],
+        minfo["hidden"],
+        minfo["vocab"],
+        args.new_tokens,
+        args.repeats,
+    );
+    table += &format!("{:<48} {:>12} {:>12} {:>10}  {}\n", "scenario", "pool tok/s", "raw tok/s", "ratio", "target");
+    table += &format!("{line}\n");
+    table += &format!("{:<48} {:>12.1} {:>12.1} {:>10}\n", format!("(a) {n} requests one at a time"), seq_tps, raw_tps(&raw1), "");
+    table += &format!("{:<48} {:>12.1} {:>12.1} {:>10}\n", format!("(a) {n} requests at once (max_wait {} ms)", args.max_wait_ms), conc_tps, raw_tps(&raw_n), "");
+    table += &format!(
+        "{:<48} {:>12} {:>12} {:>9.2}x  >= 5x: {} (raw batch {n}/batch 1: {:.2}x)\n",
+        "(a) at once / one at a time",
+        "",
+        "",
+        ratio_a,
+        verdict(ratio_a >= 5.0),
+        raw_ratio
+    );
+    for r in &b_results {
+        table += &format!(
+            "{:<48} {:>12.1} {:>12.1} {:>10.3}  >= 0.90: {}{}\n",
+            format!("(b) batch {} (max_batch {0}, max_wait {} ms)", r["batch"], args.batch_wait_ms),
+            r["pool_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["raw_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["ratio"].as_f64().unwrap_or(f64::NAN),
+            verdict(r["met"].as_bool().unwrap_or(false)),
+            if r["one_batch_formed_every_round"].as_bool().unwrap_or(false) { "" } else { " (NOT one batch!)" }
+        );
+    }
+    table += &format!(
+        "{:<48} p50 {:.0} ms, p99 {:.0} ms (min {:.0}, max {:.0}; {} samples; server-side mean {:.0} ms)\n",
+        format!("(c) TTFT, {n} concurrent streams"),
+        ttft_p50,
+        ttft_p99,
+        ttft_min,
+        ttft_max,
+        ttft_ms.len(),
+        md_stream.server_ttft_mean_ms
+    );
+    table += &format!("{line}\n");
+    table += "step times (daemon /metrics vs raw ORT script):\n";
+    for r in &b_results {
+        table += &format!(
+            "  batch {:>2}: decode step pool {:.1} ms vs raw {:.1} ms; prefill pool {:.0} ms vs raw {:.0} ms; model busy {:.0}% of pool wall time\n",
+            r["batch"],
+            r["pool_decode_step_ms"].as_f64().unwrap_or(f64::NAN),
+            r["raw"]["decode_step_ms"].as_f64().unwrap_or(f64::NAN),
+            r["pool_prefill_ms"].as_f64().unwrap_or(f64::NAN),
+            1000.0 * r["raw"]["prefill_s"].as_f64().unwrap_or(f64::NAN),
+            100.0 * r["pool_model_busy_fraction"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    table += &format!("  (a) one at a time: {}\n", describe_metrics(&md_seq, seq_wall));
+    table += &format!("  (a) at once:       {}\n", describe_metrics(&md_conc, conc_wall));
+    table += &format!("  (c) streaming:     {}\n", describe_metrics(&md_stream, stream_wall));
+    table += &format!("  (a)/(c) prefill batch sizes at once: {:?}; streaming: {:?}\n", md_conc.prefill_batch_buckets, md_stream.prefill_batch_buckets);
+    if !disturbed.is_empty() {
+        table += &format!("WARNING: the machine was not quiet at: {}\n", disturbed.join(", "));
+    }
+    table += &format!("total bench runtime {:.0} s\n", total_s);
+    println!("{table}");
+
+    let results = json!({
+        "date": date,
+        "git_commit": git,
+        "git_dirty": git_dirty,
+        "daemon_version": daemon_version,
+        "onnxruntime": ort_version,
+        "machine": machine,
+        "model": minfo,
+        "settings": {
+            "requests": n,
+            "new_tokens": args.new_tokens,
+            "intra_op_threads": args.threads,
+            "inter_op_threads": 1,
+            "workers": 1,
+            "repeats": args.repeats,
+            "max_wait_ms_a_c": args.max_wait_ms,
+            "max_wait_ms_b": args.batch_wait_ms,
+            "temperature": 0.0,
+            "system_prompt": "",
+        },
+        "prompt": {"text": text, "prompt_tokens": prompt_tokens},
+        "a": {
+            "sequential_tokens_per_s": r3(seq_tps),
+            "concurrent_tokens_per_s": r3(conc_tps),
+            "ratio": r3(ratio_a),
+            "target": 5.0,
+            "met": ratio_a >= 5.0,
+            "raw_batch1_tokens_per_s": r3(raw_tps(&raw1)),
+            "raw_batch_n_tokens_per_s": r3(raw_tps(&raw_n)),
+            "raw_ratio": r3(raw_ratio),
+            "sequential_rounds": seq_rounds,
+            "concurrent_rounds": conc_rounds,
+            "sequential_metrics": md_seq,
+            "concurrent_metrics": md_conc,
+        },
+        "b": b_results,
+        "c": {
+            "requests": n,
+            "samples": ttft_ms.len(),
+            "ttft_p50_ms": r3(ttft_p50),
+            "ttft_p99_ms": r3(ttft_p99),
+            "ttft_min_ms": r3(ttft_min),
+            "ttft_max_ms": r3(ttft_max),
+            "ttft_mean_ms": r3(mean(&ttft_ms)),
+            "ttft_ms": ttft_ms,
+            "rounds": stream_rounds,
+            "metrics": md_stream,
+        },
+        "raw_ort": raw_by_batch.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>(),
+        "disturbed": disturbed,
+        "total_runtime_s": r3(total_s),
+    });
+    if !args.out.as_os_str().is_empty() {
+        std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!("results written to {}", args.out.display());
+    }
+    Ok(())
+}
