@@ -12,7 +12,7 @@ CONFIG   ?= config/switchboard.toml
 REQS     := $(if $(filter cuda,$(EP)),scripts/requirements-gpu.txt,scripts/requirements.txt)
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: setup build run test test-unit test-integration bench bench-model check-config clean fmt
+.PHONY: setup build run test test-observability bench bench-model check-config clean fmt
 
 ## setup: install ONNX Runtime (from PyPI) into .venv, link its library into runtime/, generate the tiny model
 setup: $(VENV)/.installed-$(EP) $(ORT_LIB) $(TINY)/model.onnx
@@ -42,6 +42,10 @@ check-config: build
 ## test: the whole suite (unit + integration, real ONNX Runtime on the tiny model)
 test: setup
 	cargo test $(CARGO_FLAGS) --workspace
+
+## test-observability: Prometheus scrapes a live daemon; every dashboard and alert query must return data
+test-observability: setup build
+	bash scripts/test_observability.sh
 
 ## bench: inference pool vs. one-at-a-time vs. raw ONNX Runtime, on the GPT-2-small-shaped model
 bench: setup bench-model

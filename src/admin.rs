@@ -68,6 +68,11 @@ async fn authorize(state: &AppState, header: Option<String>, need: Role, action:
     Ok(principal)
 }
 
+/// Path segments arrive percent-encoded (`http%3Ac1`).
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
 fn need_name(r: Role) -> &'static str {
     match r {
         Role::Viewer => "viewer",
@@ -107,6 +112,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
         .and(auth)
         .and(warp::query::<ListQuery>())
         .and_then(|key: String, st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+            let key = decode(&key);
             let who = authorize(&st, h, Role::Viewer, "conversations.messages").await?;
             let limit = limit(q.limit.or(Some(1000))).map_err(warp::reject::custom)?;
             let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
@@ -123,6 +129,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
         .and(with_state.clone())
         .and(auth)
         .and_then(|key: String, st: Arc<AppState>, h: Option<String>| async move {
+            let key = decode(&key);
             let who = authorize(&st, h, Role::Admin, "conversations.erase").await?;
             let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
                 return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));

@@ -52,6 +52,7 @@ fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 /// Runs the daemon until SIGTERM/SIGINT (exit code 0) or until the tree gives up (error).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let prometheus = init_metrics()?;
+    telemetry::register_known_series(cfg.inference.workers, cfg.inference.max_queue);
     let process = metrics_process::Collector::default();
     process.describe();
 

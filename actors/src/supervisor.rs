@@ -282,6 +282,7 @@ impl SupervisorActor {
                 tracing::error!(supervisor = %state.name, child = %name, %reason,
                     "Restart intensity exceeded; stopping all children and escalating to the parent.");
                 myself.stop_children_and_wait(Some(STOP_REASON_SHUTDOWN.into()), Some(Duration::from_secs(10))).await;
+                telemetry::supervisor_escalated(&state.name);
                 Err(format!("supervisor {} gave up: child {name} {reason}; too many restarts in the window", state.name).into())
             }
         }

@@ -29,6 +29,8 @@ pub const INBOX_RETRIES: &str = "switchboard_inbox_retries_total";
 pub const DEAD_LETTERS: &str = "switchboard_dead_letters";
 pub const INBOX_DUPLICATES: &str = "switchboard_inbox_duplicates_total";
 pub const ADMIN_REQUESTS: &str = "switchboard_admin_requests_total";
+pub const INFERENCE_QUEUE_CAPACITY: &str = "switchboard_inference_queue_capacity";
+pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -62,6 +64,8 @@ pub fn describe() {
     describe_gauge!(DEAD_LETTERS, "Dead letters waiting for an operator (not replayed).");
     describe_counter!(INBOX_DUPLICATES, "Messages dropped as duplicates of one already received, by platform.");
     describe_counter!(ADMIN_REQUESTS, "Admin API requests by outcome (ok, unauthorized, forbidden, error).");
+    describe_gauge!(INFERENCE_QUEUE_CAPACITY, "Configured inference queue limit (`inference.max_queue`).");
+    describe_counter!(SUPERVISOR_ESCALATIONS, "Supervisors that gave up after too many restarts, by supervisor.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -139,4 +143,40 @@ pub fn inbox_duplicate(platform: &'static str) {
 
 pub fn admin_request(outcome: &'static str) {
     counter!(ADMIN_REQUESTS, "outcome" => outcome).increment(1);
+}
+
+pub fn supervisor_escalated(supervisor: &str) {
+    counter!(SUPERVISOR_ESCALATIONS, "supervisor" => supervisor.to_string()).increment(1);
+}
+
+/// Exports every counter at 0 for its known label values, so that `rate()` and alerts see the
+/// first failure instead of a series that appears out of nowhere.
+pub fn register_known_series(workers: usize, max_queue: usize) {
+    gauge!(INFERENCE_QUEUE_CAPACITY).set(max_queue as f64);
+    for platform in ["http"] {
+        counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
+        counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
+        for outcome in ["ok", "failed", "busy", "apology"] {
+            counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).absolute(0);
+        }
+    }
+    for reason in ["busy", "timeout", "cancelled", "prompt_too_long", "worker_failed"] {
+        counter!(INFERENCE_REJECTED, "reason" => reason).absolute(0);
+    }
+    let mut actors: Vec<String> =
+        ["inference", "sessions", "ingress", "egress", "housekeeping", "inference.batcher", "ingress.http", "session"].map(String::from).to_vec();
+    actors.extend((0..workers).map(|i| format!("inference.worker.{i}")));
+    for actor in actors {
+        counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);
+    }
+    for sup in ["root", "inference", "ingress", "egress"] {
+        counter!(SUPERVISOR_ESCALATIONS, "supervisor" => sup).absolute(0);
+    }
+    counter!(INBOX_RETRIES).absolute(0);
+    for outcome in ["ok", "unauthorized", "forbidden", "error"] {
+        counter!(ADMIN_REQUESTS, "outcome" => outcome).absolute(0);
+    }
+    for kind in ["prompt", "generated"] {
+        counter!(INFERENCE_TOKENS, "kind" => kind).absolute(0);
+    }
 }

@@ -65,9 +65,12 @@ struct Args {
     /// `inference.max_wait_ms` for scenario (b), long enough for B requests to form one batch.
     #[arg(long, default_value_t = 50)]
     batch_wait_ms: u64,
-    /// How long to wait for the machine to go quiet (no rustc, CPU mostly idle) before a scenario.
+    /// How long to wait for the machine to go quiet (other processes idle) before a measurement.
     #[arg(long, default_value_t = 900)]
     quiet_timeout_s: u64,
+    /// Most runs of one measurement when other processes disturb it.
+    #[arg(long, default_value_t = 4)]
+    attempts: usize,
     /// Where to write the results as JSON (empty: don't write).
     #[arg(long, default_value = "BENCHMARKS-results.json")]
     out: PathBuf,
@@ -119,60 +122,202 @@ fn run_capture(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Keeping timings clean: a 2-core machine shared with builds gives garbage numbers.
+// Keeping timings clean: a 2-core machine shared with builds gives garbage numbers. A monitor
+// thread watches the CPU time of every process outside the bench's own process tree (the bench,
+// the daemon it started, the raw ORT script); a measurement that overlaps a busy window is
+// repeated once the machine is quiet again.
 
-/// (busy, total) jiffies from /proc/stat.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    if v.len() < 5 {
-        return None;
+/// One process as /proc/PID/stat describes it.
+struct Proc {
+    comm: String,
+    ppid: u32,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+}
+
+fn read_procs() -> BTreeMap<u32, Proc> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // rest[0] = state, [1] = ppid, [11] = utime, [12] = stime
+        if rest.len() < 13 {
+            continue;
+        }
+        let (Ok(ppid), Ok(u), Ok(st)) = (rest[1].parse::<u32>(), rest[11].parse::<u64>(), rest[12].parse::<u64>()) else { continue };
+        out.insert(pid, Proc { comm: stat[open + 1..close].to_string(), ppid, ticks: u + st });
     }
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v[3] + v[4];
-    Some((total - idle, total))
+    out
 }
 
-/// Fraction of all CPUs busy over `d`.
-fn cpu_busy(d: Duration) -> f64 {
-    let Some((b0, t0)) = cpu_jiffies() else { return 0.0 };
-    std::thread::sleep(d);
-    let Some((b1, t1)) = cpu_jiffies() else { return 0.0 };
-    if t1 <= t0 { 0.0 } else { (b1 - b0) as f64 / (t1 - t0) as f64 }
-}
-
-/// Whether a compiler is running (someone is building).
-fn rustc_running() -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
-    dir.flatten().any(|e| {
-        e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc")
-    })
-}
-
-/// Waits until no rustc runs and the CPUs are mostly idle. Returns whether it got quiet.
-fn wait_for_quiet(timeout: Duration) -> bool {
-    let start = Instant::now();
-    let mut last_note: Option<Instant> = None;
-    loop {
-        let rustc = rustc_running();
-        let busy = cpu_busy(Duration::from_millis(700));
-        if !rustc && busy < 0.25 {
-            if last_note.is_some() {
-                eprintln!("  machine is quiet again (CPU {:.0}% busy)", busy * 100.0);
-            }
+/// Whether `pid` is the bench itself or one of its descendants.
+fn is_ours(pid: u32, procs: &BTreeMap<u32, Proc>, me: u32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        if p == me {
             return true;
         }
+        match procs.get(&p) {
+            Some(pr) if pr.ppid != 0 && pr.ppid != p => p = pr.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// CPU used by processes outside the bench's tree over `window`, as a fraction of one core,
+/// with the biggest users.
+fn foreign_cpu(window: Duration, tick_hz: f64) -> (f64, String) {
+    let me = std::process::id();
+    let a = read_procs();
+    std::thread::sleep(window);
+    let b = read_procs();
+    let mut users: Vec<(u64, String)> = Vec::new();
+    let mut total = 0u64;
+    for (pid, pr) in &b {
+        // Kernel threads (children of kthreadd) and our own tree don't count.
+        if *pid == 2 || pr.ppid == 2 || is_ours(*pid, &b, me) {
+            continue;
+        }
+        let before = a.get(pid).filter(|x| x.comm == pr.comm).map(|x| x.ticks).unwrap_or(0);
+        let d = pr.ticks.saturating_sub(before);
+        if d > 0 {
+            total += d;
+            users.push((d, format!("{}[{pid}]", pr.comm)));
+        }
+    }
+    users.sort_by(|x, y| y.0.cmp(&x.0));
+    let top: Vec<String> = users.iter().take(3).map(|(d, n)| format!("{n} {:.0}%", 100.0 * *d as f64 / tick_hz / window.as_secs_f64())).collect();
+    (total as f64 / tick_hz / window.as_secs_f64(), top.join(", "))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    run_capture("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).unwrap_or(100.0)
+}
+
+/// Foreign CPU above this fraction of one core marks a window as busy.
+const FOREIGN_LIMIT: f64 = 0.15;
+
+/// Background watcher of foreign CPU use, in back-to-back windows.
+#[derive(Clone)]
+struct Monitor {
+    /// Busy windows: (start, end, description).
+    busy: Arc<Mutex<Vec<(Instant, Instant, String)>>>,
+    /// End of the last completed window.
+    last_end: Arc<Mutex<Instant>>,
+}
+
+impl Monitor {
+    const WINDOW: Duration = Duration::from_millis(500);
+
+    fn start(tick_hz: f64) -> Monitor {
+        let m = Monitor { busy: Arc::new(Mutex::new(Vec::new())), last_end: Arc::new(Mutex::new(Instant::now())) };
+        let mm = m.clone();
+        std::thread::spawn(move || loop {
+            let start = Instant::now();
+            let (cpu, who) = foreign_cpu(Self::WINDOW, tick_hz);
+            let end = Instant::now();
+            if cpu > FOREIGN_LIMIT {
+                let mut b = mm.busy.lock().expect("monitor");
+                b.push((start, end, format!("other processes used {:.0}% of a core: {who}", cpu * 100.0)));
+                let n = b.len();
+                if n > 1000 {
+                    b.drain(..n - 1000);
+                }
+            }
+            *mm.last_end.lock().expect("monitor") = end;
+        });
+        m
+    }
+
+    /// Why the interval [from, to] was disturbed, if it was; waits until the monitor has
+    /// looked at all of it.
+    async fn disturbed(&self, from: Instant, to: Instant) -> Option<String> {
+        let give_up = Instant::now() + Duration::from_secs(3);
+        while *self.last_end.lock().expect("monitor") < to && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.busy.lock().expect("monitor").iter().find(|(s, e, _)| *e >= from && *s <= to).map(|(_, _, w)| w.clone())
+    }
+}
+
+/// Waits until processes outside the bench use (almost) no CPU. Returns whether it got quiet.
+fn wait_for_quiet(timeout: Duration, tick_hz: f64) -> bool {
+    let start = Instant::now();
+    let mut last_note: Option<Instant> = None;
+    let mut quiet_windows = 0;
+    loop {
+        let (cpu, who) = foreign_cpu(Duration::from_millis(700), tick_hz);
+        if cpu <= FOREIGN_LIMIT {
+            quiet_windows += 1;
+            // Builds go quiet between crates: ask for a few quiet windows in a row after a busy spell.
+            if last_note.is_none() || quiet_windows >= 4 {
+                if last_note.is_some() {
+                    eprintln!("  machine is quiet again");
+                }
+                return true;
+            }
+            continue;
+        }
+        quiet_windows = 0;
         if start.elapsed() >= timeout {
-            eprintln!("  WARNING: machine still busy after {:?} (rustc running: {rustc}, CPU {:.0}% busy); measuring anyway", timeout, busy * 100.0);
+            eprintln!("  WARNING: machine still busy after {timeout:?} ({:.0}% of a core: {who}); measuring anyway", cpu * 100.0);
             return false;
         }
         if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-            eprintln!("  waiting for the machine to go quiet (rustc running: {rustc}, CPU {:.0}% busy)...", busy * 100.0);
+            eprintln!("  waiting for the machine to go quiet (other processes use {:.0}% of a core: {who})...", cpu * 100.0);
             last_note = Some(Instant::now());
         }
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Runs a measurement until it runs undisturbed (at most `attempts` times). Returns the value,
+/// the attempts used and whether the kept one was clean.
+async fn measured<T, F, Fut>(env: &BenchEnv, label: &str, mut f: F) -> Result<(T, usize, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let from = Instant::now();
+        let v = f().await?;
+        let to = Instant::now();
+        match env.monitor.disturbed(from, to).await {
+            None => return Ok((v, attempt, true)),
+            Some(why) => {
+                if attempt >= env.attempts {
+                    eprintln!("  WARNING: {label} disturbed on all {attempt} attempts ({why}); keeping the last one");
+                    env.disturbed.lock().expect("disturbed").push(format!("{label}: {why}"));
+                    return Ok((v, attempt, false));
+                }
+                eprintln!("  {label} was disturbed ({why}); repeating it once the machine is quiet");
+                wait_for_quiet(env.quiet_timeout, env.tick_hz);
+            }
+        }
+    }
+}
+
+/// What every measurement needs to keep itself clean.
+struct BenchEnv {
+    monitor: Monitor,
+    tick_hz: f64,
+    quiet_timeout: Duration,
+    attempts: usize,
+    /// Measurements that stayed disturbed.
+    disturbed: Mutex<Vec<String>>,
+}
+
+impl BenchEnv {
+    fn quiet(&self, label: &str) {
+        if !wait_for_quiet(self.quiet_timeout, self.tick_hz) {
+            self.disturbed.lock().expect("disturbed").push(format!("{label}: machine not quiet at the start"));
+        }
     }
 }
 
@@ -508,15 +653,30 @@ struct PhaseStats {
     mean_step_ms: f64,
 }
 
+impl PhaseStats {
+    fn new(steps: f64, batch_sum: f64, total_s: f64) -> Self {
+        PhaseStats {
+            steps,
+            mean_batch: r3(if steps > 0.0 { batch_sum / steps } else { 0.0 }),
+            total_s: r3(total_s),
+            mean_step_ms: r3(if steps > 0.0 { 1000.0 * total_s / steps } else { 0.0 }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct MetricsDelta {
     prefill: PhaseStats,
     decode: PhaseStats,
     generated_tokens: f64,
     prompt_tokens: f64,
-    /// Time spent inside model steps (prefill + decode) over the measurement's wall time.
+    /// Time spent inside model steps (prefill + decode).
     model_time_s: f64,
+    /// Requests dispatched by the batcher, and their mean wait in its queue.
+    queued: f64,
     queue_wait_mean_ms: f64,
+    /// First tokens, and the mean time from submission to the first token (server side).
+    first_tokens: f64,
     server_ttft_mean_ms: f64,
     /// Prefill batch sizes: bucket upper bound -> count (from the histogram).
     prefill_batch_buckets: BTreeMap<String, f64>,
@@ -525,16 +685,11 @@ struct MetricsDelta {
 fn metrics_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> MetricsDelta {
     let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let phase = |p: &str| {
-        let steps = d(&format!("switchboard_inference_step_seconds_count{{phase=\"{p}\"}}"));
-        let secs = d(&format!("switchboard_inference_step_seconds_sum{{phase=\"{p}\"}}"));
-        let bsum = d(&format!("switchboard_inference_batch_size_sum{{phase=\"{p}\"}}"));
-        let bcount = d(&format!("switchboard_inference_batch_size_count{{phase=\"{p}\"}}"));
-        PhaseStats {
-            steps,
-            mean_batch: r3(if bcount > 0.0 { bsum / bcount } else { 0.0 }),
-            total_s: r3(secs),
-            mean_step_ms: r3(if steps > 0.0 { 1000.0 * secs / steps } else { 0.0 }),
-        }
+        PhaseStats::new(
+            d(&format!("switchboard_inference_step_seconds_count{{phase=\"{p}\"}}")),
+            d(&format!("switchboard_inference_batch_size_sum{{phase=\"{p}\"}}")),
+            d(&format!("switchboard_inference_step_seconds_sum{{phase=\"{p}\"}}")),
+        )
     };
     let prefill = phase("prefill");
     let decode = phase("decode");
@@ -556,8 +711,42 @@ fn metrics_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) 
         decode,
         generated_tokens: d("switchboard_inference_tokens_total{kind=\"generated\"}"),
         prompt_tokens: d("switchboard_inference_tokens_total{kind=\"prompt\"}"),
+        queued: qc,
         queue_wait_mean_ms: r3(if qc > 0.0 { 1000.0 * d("switchboard_inference_queue_wait_seconds_sum") / qc } else { 0.0 }),
+        first_tokens: tc,
         server_ttft_mean_ms: r3(if tc > 0.0 { 1000.0 * d("switchboard_inference_time_to_first_token_seconds_sum") / tc } else { 0.0 }),
+        prefill_batch_buckets: buckets,
+    }
+}
+
+/// Adds up the deltas of several rounds.
+fn combine(ms: &[MetricsDelta]) -> MetricsDelta {
+    let phase = |f: fn(&MetricsDelta) -> &PhaseStats| {
+        let steps: f64 = ms.iter().map(|m| f(m).steps).sum();
+        PhaseStats::new(steps, ms.iter().map(|m| f(m).mean_batch * f(m).steps).sum(), ms.iter().map(|m| f(m).total_s).sum())
+    };
+    let weighted = |w: fn(&MetricsDelta) -> f64, v: fn(&MetricsDelta) -> f64| {
+        let total: f64 = ms.iter().map(w).sum();
+        r3(if total > 0.0 { ms.iter().map(|m| w(m) * v(m)).sum::<f64>() / total } else { 0.0 })
+    };
+    let mut buckets = BTreeMap::new();
+    for m in ms {
+        for (k, v) in &m.prefill_batch_buckets {
+            *buckets.entry(k.clone()).or_insert(0.0) += v;
+        }
+    }
+    let prefill = phase(|m| &m.prefill);
+    let decode = phase(|m| &m.decode);
+    MetricsDelta {
+        model_time_s: r3(prefill.total_s + decode.total_s),
+        prefill,
+        decode,
+        generated_tokens: ms.iter().map(|m| m.generated_tokens).sum(),
+        prompt_tokens: ms.iter().map(|m| m.prompt_tokens).sum(),
+        queued: ms.iter().map(|m| m.queued).sum(),
+        queue_wait_mean_ms: weighted(|m| m.queued, |m| m.queue_wait_mean_ms),
+        first_tokens: ms.iter().map(|m| m.first_tokens).sum(),
+        server_ttft_mean_ms: weighted(|m| m.first_tokens, |m| m.server_ttft_mean_ms),
         prefill_batch_buckets: buckets,
     }
 }
@@ -712,8 +901,14 @@ async fn main() -> Result<()> {
     if !args.daemon.is_file() {
         bail!("daemon binary {} not found (cargo build --release --bin switchboard)", args.daemon.display());
     }
-    let quiet_timeout = Duration::from_secs(args.quiet_timeout_s);
-    let mut disturbed: Vec<String> = Vec::new();
+    let tick_hz = clock_ticks_per_second();
+    let env = BenchEnv {
+        monitor: Monitor::start(tick_hz),
+        tick_hz,
+        quiet_timeout: Duration::from_secs(args.quiet_timeout_s),
+        attempts: args.attempts.max(1),
+        disturbed: Mutex::new(Vec::new()),
+    };
 
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -733,13 +928,12 @@ async fn main() -> Result<()> {
     let date = run_capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default();
     eprintln!("switchboard-bench: {} | model {} | {} new tokens | {} intra-op threads | {} repeats", daemon_version, model.display(), args.new_tokens, args.threads, args.repeats);
     eprintln!("machine: {} x {} ({}), {} GiB", machine["cpus"], machine["cpu_model"].as_str().unwrap_or("?"), machine["arch"].as_str().unwrap_or("?"), machine["memory_gib"]);
+    let mut attempts_used: BTreeMap<String, usize> = BTreeMap::new();
 
     // ---- (a) + (c): the shipped batching settings --------------------------------------------
     let n = args.requests;
     eprintln!("\n[a/c] daemon with max_batch={n}, max_wait_ms={}", args.max_wait_ms);
-    if !wait_for_quiet(quiet_timeout) {
-        disturbed.push("a/c: start".into());
-    }
+    env.quiet("a/c");
     let mut d = Daemon::start(&args, &model, &ort_lib, "interactive", n, args.max_wait_ms)?;
     let client = client_for(&d.base);
     client.wait_ready(&mut d).await?;
@@ -751,72 +945,97 @@ async fn main() -> Result<()> {
     check_reply(&warm, args.new_tokens, Some(prompt_tokens))?;
     w.concurrent(n).await?;
 
-    let m0 = client.metrics().await?;
-    let mut seq_rounds = Vec::new();
+    let (cr, wr) = (&client, &w);
+    let mut seq = Vec::new();
     for i in 0..args.repeats {
-        let r = w.sequential(n).await?;
-        eprintln!("  sequential round {}: {:.1} tokens/s ({:.2} s)", i + 1, r.tokens_per_s, r.wall_s);
-        seq_rounds.push(r);
+        let label = format!("(a) sequential round {}", i + 1);
+        let (r, tries, _) = measured(&env, &label, move || async move {
+            let before = cr.metrics().await?;
+            let r = wr.sequential(n).await?;
+            Ok((r, metrics_delta(&before, &cr.metrics().await?)))
+        })
+        .await?;
+        eprintln!("  {label}: {:.1} tokens/s ({:.2} s)", r.0.tokens_per_s, r.0.wall_s);
+        attempts_used.insert(label, tries);
+        seq.push(r);
     }
-    let m1 = client.metrics().await?;
-    let mut conc_rounds = Vec::new();
+    let mut conc = Vec::new();
     for i in 0..args.repeats {
-        let r = w.concurrent(n).await?;
-        eprintln!("  concurrent round {}: {:.1} tokens/s ({:.2} s)", i + 1, r.tokens_per_s, r.wall_s);
-        conc_rounds.push(r);
+        let label = format!("(a) concurrent round {}", i + 1);
+        let (r, tries, _) = measured(&env, &label, move || async move {
+            let before = cr.metrics().await?;
+            let r = wr.concurrent(n).await?;
+            Ok((r, metrics_delta(&before, &cr.metrics().await?)))
+        })
+        .await?;
+        eprintln!("  {label}: {:.1} tokens/s ({:.2} s)", r.0.tokens_per_s, r.0.wall_s);
+        attempts_used.insert(label, tries);
+        conc.push(r);
     }
-    let m2 = client.metrics().await?;
     let mut ttft_ms = Vec::new();
-    let mut stream_rounds = Vec::new();
+    let mut stream = Vec::new();
     for i in 0..args.repeats {
-        let (r, ttfts) = w.streaming(n).await?;
+        let label = format!("(c) streaming round {}", i + 1);
+        let ((r, ttfts, md), tries, _) = measured(&env, &label, move || async move {
+            let before = cr.metrics().await?;
+            let (r, ttfts) = wr.streaming(n).await?;
+            Ok((r, ttfts, metrics_delta(&before, &cr.metrics().await?)))
+        })
+        .await?;
         let ms: Vec<f64> = ttfts.iter().map(|t| r3(t.as_secs_f64() * 1000.0)).collect();
-        eprintln!("  streaming round {}: TTFT p50 {:.0} ms, max {:.0} ms; {:.1} tokens/s", i + 1, percentile(&ms, 50.0), percentile(&ms, 100.0), r.tokens_per_s);
+        eprintln!("  {label}: TTFT p50 {:.0} ms, max {:.0} ms (server-side mean {:.0} ms); {:.1} tokens/s", percentile(&ms, 50.0), percentile(&ms, 100.0), md.server_ttft_mean_ms, r.tokens_per_s);
+        attempts_used.insert(label, tries);
         ttft_ms.extend(ms);
-        stream_rounds.push(r);
-    }
-    let m3 = client.metrics().await?;
-    if rustc_running() {
-        disturbed.push("a/c: rustc was running at the end".into());
+        stream.push((r, md));
     }
     drop(d);
 
-    let seq_tps = median(&seq_rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
-    let conc_tps = median(&conc_rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
+    let tps = |v: &[(Round, MetricsDelta)]| median(&v.iter().map(|(r, _)| r.tokens_per_s).collect::<Vec<_>>());
+    let wall = |v: &[(Round, MetricsDelta)]| v.iter().map(|(r, _)| r.wall_s).sum::<f64>();
+    let metrics_of = |v: &[(Round, MetricsDelta)]| combine(&v.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+    let seq_tps = tps(&seq);
+    let conc_tps = tps(&conc);
     let ratio_a = conc_tps / seq_tps;
-    let seq_wall: f64 = seq_rounds.iter().map(|r| r.wall_s).sum();
-    let conc_wall: f64 = conc_rounds.iter().map(|r| r.wall_s).sum();
-    let stream_wall: f64 = stream_rounds.iter().map(|r| r.wall_s).sum();
-    let md_seq = metrics_delta(&m0, &m1);
-    let md_conc = metrics_delta(&m1, &m2);
-    let md_stream = metrics_delta(&m2, &m3);
+    let (seq_wall, conc_wall, stream_wall) = (wall(&seq), wall(&conc), wall(&stream));
+    let (md_seq, md_conc, md_stream) = (metrics_of(&seq), metrics_of(&conc), metrics_of(&stream));
     eprintln!("  sequential: {}", describe_metrics(&md_seq, seq_wall));
     eprintln!("  concurrent: {}", describe_metrics(&md_conc, conc_wall));
     eprintln!("  streaming:  {}", describe_metrics(&md_stream, stream_wall));
+    let seq_rounds: Vec<Round> = seq.into_iter().map(|(r, _)| r).collect();
+    let conc_rounds: Vec<Round> = conc.into_iter().map(|(r, _)| r).collect();
+    let stream_rounds: Vec<Round> = stream.into_iter().map(|(r, _)| r).collect();
 
-    // Raw ORT for (a)'s context: batch 1 and batch n.
-    if !wait_for_quiet(quiet_timeout) {
-        disturbed.push("raw batch 1: start".into());
-    }
-    eprintln!("\n[raw] ONNX Runtime batch 1, prompt {prompt_tokens}");
-    let raw1 = raw_ort(&args, &model, 1, prompt_tokens)?;
-    eprintln!("  {:.1} tokens/s", raw_tps(&raw1));
+    // Raw ORT, one process per batch size (each loads its own session, warms up once, then
+    // times `repeats` generations).
+    let raw_run = |b: usize| {
+        let label = format!("raw ORT batch {b}");
+        let (args, model, env) = (&args, &model, &env);
+        async move {
+            eprintln!("\n[raw] ONNX Runtime batch {b}, prompt {prompt_tokens}");
+            env.quiet(&label);
+            let (v, tries, _) = measured(env, &label, || async { raw_ort(args, model, b, prompt_tokens) }).await?;
+            eprintln!(
+                "  {:.1} tokens/s (prefill {:.0} ms, decode step {:.1} ms)",
+                raw_tps(&v),
+                1000.0 * v["prefill_s"].as_f64().unwrap_or(f64::NAN),
+                v["decode_step_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+            anyhow::Ok((label, v, tries))
+        }
+    };
+    let mut raw_by_batch: BTreeMap<usize, Value> = BTreeMap::new();
+    let (label, raw1, tries) = raw_run(1).await?;
+    attempts_used.insert(label, tries);
+    raw_by_batch.insert(1, raw1.clone());
 
     // ---- (b): one batch of B vs raw ORT at batch B ------------------------------------------
     let mut b_results = Vec::new();
-    let mut raw_by_batch: BTreeMap<usize, Value> = BTreeMap::new();
-    raw_by_batch.insert(1, raw1.clone());
     for &b in &args.batches {
-        eprintln!("\n[b] batch {b}: raw ONNX Runtime, then the daemon with max_batch={b}, max_wait_ms={}", args.batch_wait_ms);
-        if !wait_for_quiet(quiet_timeout) {
-            disturbed.push(format!("b{b}: raw start"));
-        }
-        let raw = raw_ort(&args, &model, b, prompt_tokens)?;
-        eprintln!("  raw ORT: {:.1} tokens/s (prefill {:.0} ms, decode step {:.1} ms)", raw_tps(&raw), 1000.0 * raw["prefill_s"].as_f64().unwrap_or(f64::NAN), raw["decode_step_ms"].as_f64().unwrap_or(f64::NAN));
+        let (label, raw, tries) = raw_run(b).await?;
+        attempts_used.insert(label, tries);
         raw_by_batch.insert(b, raw.clone());
-        if !wait_for_quiet(quiet_timeout) {
-            disturbed.push(format!("b{b}: pool start"));
-        }
+        eprintln!("\n[b] batch {b}: the daemon with max_batch={b}, max_wait_ms={}", args.batch_wait_ms);
+        env.quiet(&format!("(b) batch {b}"));
         let mut d = Daemon::start(&args, &model, &ort_lib, &format!("batch{b}"), b, args.batch_wait_ms)?;
         let client = client_for(&d.base);
         client.wait_ready(&mut d).await?;
@@ -824,19 +1043,21 @@ async fn main() -> Result<()> {
         let (warm, _) = client.chat(&text, args.new_tokens).await?;
         check_reply(&warm, args.new_tokens, Some(prompt_tokens))?;
         w.concurrent(b).await?;
+        let (cr, wr) = (&client, &w);
         let mut rounds = Vec::new();
         let mut per_round_metrics = Vec::new();
         for i in 0..args.repeats {
-            let before = client.metrics().await?;
-            let r = w.concurrent(b).await?;
-            let after = client.metrics().await?;
-            let md = metrics_delta(&before, &after);
-            eprintln!("  pool round {}: {:.1} tokens/s ({:.2} s); {}", i + 1, r.tokens_per_s, r.wall_s, describe_metrics(&md, r.wall_s));
+            let label = format!("(b) batch {b} round {}", i + 1);
+            let ((r, md), tries, _) = measured(&env, &label, move || async move {
+                let before = cr.metrics().await?;
+                let r = wr.concurrent(b).await?;
+                Ok((r, metrics_delta(&before, &cr.metrics().await?)))
+            })
+            .await?;
+            eprintln!("  {label}: {:.1} tokens/s ({:.2} s); {}", r.tokens_per_s, r.wall_s, describe_metrics(&md, r.wall_s));
+            attempts_used.insert(label, tries);
             rounds.push(r);
             per_round_metrics.push(md);
-        }
-        if rustc_running() {
-            disturbed.push(format!("b{b}: rustc was running at the end"));
         }
         drop(d);
         let pool_tps = median(&rounds.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
@@ -863,13 +1084,15 @@ async fn main() -> Result<()> {
     let raw_n = match raw_by_batch.get(&n) {
         Some(v) => v.clone(),
         None => {
-            if !wait_for_quiet(quiet_timeout) {
-                disturbed.push(format!("raw batch {n}: start"));
-            }
-            raw_ort(&args, &model, n, prompt_tokens)?
+            let (label, v, tries) = raw_run(n).await?;
+            attempts_used.insert(label, tries);
+            raw_by_batch.insert(n, v.clone());
+            v
         }
     };
     let raw_ratio = raw_tps(&raw_n) / raw_tps(&raw1);
+    let disturbed: Vec<String> = env.disturbed.lock().expect("disturbed").clone();
+    let repeated: Vec<String> = attempts_used.iter().filter(|(_, t)| **t > 1).map(|(k, t)| format!("{k} x{t}")).collect();
 
     // ---- Report --------------------------------------------------------------------------------
     let ttft_p50 = percentile(&ttft_ms, 50.0);
@@ -944,8 +1167,11 @@ async fn main() -> Result<()> {
     table += &format!("  (a) at once:       {}\n", describe_metrics(&md_conc, conc_wall));
     table += &format!("  (c) streaming:     {}\n", describe_metrics(&md_stream, stream_wall));
     table += &format!("  (a)/(c) prefill batch sizes at once: {:?}; streaming: {:?}\n", md_conc.prefill_batch_buckets, md_stream.prefill_batch_buckets);
+    if !repeated.is_empty() {
+        table += &format!("repeated because other processes used the CPU: {}\n", repeated.join(", "));
+    }
     if !disturbed.is_empty() {
-        table += &format!("WARNING: the machine was not quiet at: {}\n", disturbed.join(", "));
+        table += &format!("WARNING: still disturbed after {} attempts: {}\n", env.attempts, disturbed.join("; "));
     }
     table += &format!("total bench runtime {:.0} s\n", total_s);
     println!("{table}");
@@ -1000,6 +1226,7 @@ async fn main() -> Result<()> {
         },
         "raw_ort": raw_by_batch.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>(),
         "disturbed": disturbed,
+        "attempts": attempts_used,
         "total_runtime_s": r3(total_s),
     });
     if !args.out.as_os_str().is_empty() {
