@@ -81,6 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sessions: cfg.sessions.clone(),
         inbox: cfg.inbox.clone(),
         store: store.clone(),
+        node: node.clone(),
         supervision: cfg.supervision.clone(),
         fault_injection: cfg.testing.fault_injection,
         upkeep: Arc::new(move || upkeep_handle.run_upkeep()),

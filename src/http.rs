@@ -202,27 +202,7 @@ struct ParsedChat {
 
 /// Rebuilds a chat request from an inbox row (start-up replay, dead-letter replay).
 pub fn inbox_request(e: &InboxEntry) -> Option<ChatRequest> {
-    let platform = match e.platform.as_str() {
-        "http" => "http",
-        "telegram" => "telegram",
-        "feishu" => "feishu",
-        other => {
-            tracing::warn!(platform = other, inbox_id = e.id, "Inbox entry of an unknown platform skipped.");
-            return None;
-        }
-    };
-    Some(ChatRequest {
-        platform,
-        conversation: e.conversation.clone(),
-        user: e.user.clone(),
-        text: e.text.clone(),
-        options: serde_json::from_str(&e.payload).unwrap_or_default(),
-        deltas: None,
-        accepted_at: Instant::now(),
-        inbox_id: Some(e.id),
-        account: e.account.clone(),
-        attempts: e.attempts,
-    })
+    ChatRequest::from_inbox(e)
 }
 
 fn parse_chat(body: &[u8]) -> Result<ParsedChat, ApiError> {

@@ -152,6 +152,13 @@ async fn failed_session_is_restarted_and_the_next_message_answered() {
     d.wait_metric("switchboard_actor_restarts_total{actor=\"session\"}", |v| v >= 1.0).await;
     let (s, b) = d.chat("p1", "hello after the crash").await;
     assert_eq!(s, 200, "{b}");
+    // The message that crashed the session is redelivered (it was accepted, so it is not
+    // dropped); it crashes every new session too, so after `inbox.max_attempts` it ends in the
+    // dead-letter queue instead of crashing sessions forever.
+    d.wait_metric("switchboard_dead_letters", |v| v == 1.0).await;
+    assert!(d.metric("switchboard_actor_restarts_total{actor=\"session\"}").await >= 3.0);
+    let (s, _) = d.chat("p1", "and the conversation goes on").await;
+    assert_eq!(s, 200);
 }
 
 #[tokio::test]

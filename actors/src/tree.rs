@@ -36,6 +36,8 @@ pub struct TreeConfig {
     pub sessions: SessionConfig,
     pub inbox: InboxConfig,
     pub store: Arc<dyn Store>,
+    /// This node's name in the inbox.
+    pub node: String,
     pub supervision: SupervisionConfig,
     pub fault_injection: bool,
     /// Called every few seconds by the housekeeping actor (e.g. metrics upkeep).
@@ -123,6 +125,7 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
                 inference: client.clone(),
                 store: cfg.store.clone(),
                 fault_injection: cfg.fault_injection,
+                node: cfg.node.clone(),
             };
             async move { Actor::spawn_linked(Some(ROUTER_NAME.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })

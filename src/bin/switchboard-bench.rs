@@ -486,9 +486,10 @@ impl Client {
         Ok((reply, took))
     }
 
-    /// One streaming chat; returns the final reply, the time to the first `delta` event and the
-    /// total time.
-    async fn chat_stream(&self, text: &str, max_new_tokens: usize) -> Result<(ChatReply, Duration, Duration)> {
+    /// One streaming chat; returns the final reply, the time to the first `delta` event, the
+    /// total time, and the gap between the last `delta` and the `done` event (the engine sends
+    /// both in the same step, so the gap is delivery delay).
+    async fn chat_stream(&self, text: &str, max_new_tokens: usize) -> Result<(ChatReply, Duration, Duration, Duration)> {
         let t0 = Instant::now();
         let resp = self.http.post(format!("{}/api/v1/chat", self.base)).json(&self.body(text, max_new_tokens, true)).send().await?;
         let status = resp.status();
@@ -499,7 +500,9 @@ impl Client {
         let mut stream = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut ttft = None;
+        let mut last_delta = None;
         let mut done = None;
+        let mut done_at = None;
         while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk?);
             while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
@@ -517,11 +520,16 @@ impl Client {
                 let data = data.join("\n");
                 match event.as_str() {
                     "delta" => {
+                        let now = t0.elapsed();
                         if ttft.is_none() {
-                            ttft = Some(t0.elapsed());
+                            ttft = Some(now);
                         }
+                        last_delta = Some(now);
                     }
-                    "done" => done = Some(serde_json::from_str::<ChatReply>(&data).with_context(|| format!("done event {data}"))?),
+                    "done" => {
+                        done_at = Some(t0.elapsed());
+                        done = Some(serde_json::from_str::<ChatReply>(&data).with_context(|| format!("done event {data}"))?);
+                    }
                     "error" => bail!("the stream ended with an error event: {data}"),
                     _ => {}
                 }
@@ -530,7 +538,8 @@ impl Client {
         let total = t0.elapsed();
         let reply = done.ok_or_else(|| anyhow!("the stream ended without a `done` event"))?;
         let ttft = ttft.ok_or_else(|| anyhow!("the stream had no `delta` event"))?;
-        Ok((reply, ttft, total))
+        let done_gap = done_at.zip(last_delta).map(|(d, l)| d.saturating_sub(l)).unwrap_or_default();
+        Ok((reply, ttft, total, done_gap))
     }
 
     async fn metrics(&self) -> Result<BTreeMap<String, f64>> {
@@ -624,21 +633,23 @@ impl Workload<'_> {
         Ok(Round::new(lats, n * self.new_tokens, wall))
     }
 
-    /// Returns the round and each request's time to first token.
-    async fn streaming(&self, n: usize) -> Result<(Round, Vec<Duration>)> {
+    /// Returns the round, each request's time to first token and its last-delta-to-done gap.
+    async fn streaming(&self, n: usize) -> Result<(Round, Vec<Duration>, Vec<Duration>)> {
         let t0 = Instant::now();
         let futs = (0..n).map(|_| self.client.chat_stream(self.text, self.new_tokens));
         let results = futures::future::join_all(futs).await;
         let wall = t0.elapsed();
         let mut lats = Vec::with_capacity(n);
         let mut ttfts = Vec::with_capacity(n);
+        let mut gaps = Vec::with_capacity(n);
         for res in results {
-            let (r, ttft, total) = res?;
+            let (r, ttft, total, gap) = res?;
             check_reply(&r, self.new_tokens, Some(self.prompt_tokens))?;
             lats.push(total);
             ttfts.push(ttft);
+            gaps.push(gap);
         }
-        Ok((Round::new(lats, n * self.new_tokens, wall), ttfts))
+        Ok((Round::new(lats, n * self.new_tokens, wall), ttfts, gaps))
     }
 }
 
@@ -973,15 +984,17 @@ async fn main() -> Result<()> {
         conc.push(r);
     }
     let mut ttft_ms = Vec::new();
+    let mut done_gap_ms = Vec::new();
     let mut stream = Vec::new();
     for i in 0..args.repeats {
         let label = format!("(c) streaming round {}", i + 1);
-        let ((r, ttfts, md), tries, _) = measured(&env, &label, move || async move {
+        let ((r, ttfts, gaps, md), tries, _) = measured(&env, &label, move || async move {
             let before = cr.metrics().await?;
-            let (r, ttfts) = wr.streaming(n).await?;
-            Ok((r, ttfts, metrics_delta(&before, &cr.metrics().await?)))
+            let (r, ttfts, gaps) = wr.streaming(n).await?;
+            Ok((r, ttfts, gaps, metrics_delta(&before, &cr.metrics().await?)))
         })
         .await?;
+        done_gap_ms.extend(gaps.iter().map(|g| r3(g.as_secs_f64() * 1000.0)));
         let ms: Vec<f64> = ttfts.iter().map(|t| r3(t.as_secs_f64() * 1000.0)).collect();
         eprintln!("  {label}: TTFT p50 {:.0} ms, max {:.0} ms (server-side mean {:.0} ms); {:.1} tokens/s", percentile(&ms, 50.0), percentile(&ms, 100.0), md.server_ttft_mean_ms, r.tokens_per_s);
         attempts_used.insert(label, tries);
@@ -1150,6 +1163,10 @@ async fn main() -> Result<()> {
         ttft_ms.len(),
         md_stream.server_ttft_mean_ms
     );
+    table += &format!(
+        "{:<48} p50 {:.1} ms, max {:.1} ms (last delta and done leave the engine in the same step)\n",
+        "(c) gap last delta -> done event", percentile(&done_gap_ms, 50.0), percentile(&done_gap_ms, 100.0)
+    );
     table += &format!("{line}\n");
     table += "step times (daemon /metrics vs raw ORT script):\n";
     for r in &b_results {
@@ -1221,6 +1238,8 @@ async fn main() -> Result<()> {
             "ttft_max_ms": r3(ttft_max),
             "ttft_mean_ms": r3(mean(&ttft_ms)),
             "ttft_ms": ttft_ms,
+            "done_gap_p50_ms": r3(percentile(&done_gap_ms, 50.0)),
+            "done_gap_ms": done_gap_ms,
             "rounds": stream_rounds,
             "metrics": md_stream,
         },

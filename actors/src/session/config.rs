@@ -15,6 +15,17 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     /// Most turns kept in memory per conversation.
     pub max_turns: usize,
+    /// In group chats of platforms that have them (Telegram, Feishu): one conversation per
+    /// chat (`chat`) or one per user within the chat (`user`).
+    pub group_scope: GroupScope,
+}
+
+/// How group chats map to conversations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupScope {
+    Chat,
+    User,
 }
 
 impl Default for SessionConfig {
@@ -24,6 +35,7 @@ impl Default for SessionConfig {
             max_history_tokens: 0,
             idle_timeout_secs: 900,
             max_turns: 64,
+            group_scope: GroupScope::Chat,
         }
     }
 }

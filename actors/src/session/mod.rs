@@ -12,10 +12,25 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 pub use actor::{SessionActor, SessionArgs, SessionMsg};
-pub use config::{InboxConfig, SessionConfig};
+pub use config::{GroupScope, InboxConfig, SessionConfig};
 pub use router::{ROUTER_NAME, RouterArgs, RouterMsg, SessionRouterActor};
 
 use crate::inference::{FinishReason, GenerateOptions, InferenceError};
+
+/// The conversation key: platform, account, chat, then the thread/topic where the platform has
+/// one, then the user in group chats scoped per user. `:` separates the parts.
+pub fn conversation_key(platform: &str, account: &str, chat: &str, thread: Option<&str>, user: Option<&str>) -> String {
+    let mut key = format!("{platform}:{account}:{chat}");
+    if let Some(t) = thread.filter(|t| !t.is_empty()) {
+        key.push_str(":t");
+        key.push_str(t);
+    }
+    if let Some(u) = user.filter(|u| !u.is_empty()) {
+        key.push_str(":u");
+        key.push_str(u);
+    }
+    key
+}
 
 /// A stable hash of a conversation key: the first 16 hex digits of its SHA-256. Stable across
 /// restarts, versions and nodes, so it can name actors and rows.
@@ -47,6 +62,34 @@ pub struct ChatRequest {
     pub account: String,
     /// Attempts already made (from the inbox, when replayed).
     pub attempts: i64,
+}
+
+impl ChatRequest {
+    /// Rebuilds a request from an inbox row (start-up replay, dead-letter replay, redelivery
+    /// after a session crash). `None` for a platform this build does not know.
+    pub fn from_inbox(e: &crate::store::InboxEntry) -> Option<ChatRequest> {
+        let platform = match e.platform.as_str() {
+            "http" => "http",
+            "telegram" => "telegram",
+            "feishu" => "feishu",
+            other => {
+                tracing::warn!(platform = other, inbox_id = e.id, "Inbox entry of an unknown platform skipped.");
+                return None;
+            }
+        };
+        Some(ChatRequest {
+            platform,
+            conversation: e.conversation.clone(),
+            user: e.user.clone(),
+            text: e.text.clone(),
+            options: serde_json::from_str(&e.payload).unwrap_or_default(),
+            deltas: None,
+            accepted_at: Instant::now(),
+            inbox_id: Some(e.id),
+            account: e.account.clone(),
+            attempts: e.attempts,
+        })
+    }
 }
 
 /// The answer to a chat message.

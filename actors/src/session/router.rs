@@ -26,6 +26,8 @@ pub struct RouterArgs {
     pub inference: InferenceClient,
     pub store: Arc<dyn Store>,
     pub fault_injection: bool,
+    /// This node's name in the inbox.
+    pub node: String,
 }
 
 pub enum RouterMsg {
@@ -41,6 +43,8 @@ pub enum RouterMsg {
 
 struct Live {
     actor: ActorRef<SessionMsg>,
+    /// The conversation key.
+    key: String,
     /// Sequence number of the last message forwarded to it.
     seq: u64,
 }
@@ -51,6 +55,7 @@ pub struct RouterState {
     inference: InferenceClient,
     store: Arc<dyn Store>,
     fault_injection: bool,
+    node: String,
     /// Live sessions by conversation hash.
     sessions: HashMap<String, Live>,
     /// Sessions by actor id, to find the hash of a failed one.
@@ -70,6 +75,7 @@ impl Actor for SessionRouterActor {
             inference: args.inference,
             store: args.store,
             fault_injection: args.fault_injection,
+            node: args.node,
             sessions: HashMap::new(),
             by_id: HashMap::new(),
         })
@@ -93,7 +99,7 @@ impl Actor for SessionRouterActor {
                     match Actor::spawn_linked(Some(format!("session.{hash}")), SessionActor, args, myself.get_cell()).await {
                         Ok((actor, _)) => {
                             state.by_id.insert(actor.get_id(), hash.clone());
-                            state.sessions.insert(hash.clone(), Live { actor, seq: 0 });
+                            state.sessions.insert(hash.clone(), Live { actor, key: request.conversation.clone(), seq: 0 });
                             telemetry::sessions_active(state.sessions.len());
                         }
                         Err(e) => {
@@ -138,19 +144,19 @@ impl Actor for SessionRouterActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<RouterMsg>, evt: SupervisionEvent, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(&self, myself: ActorRef<RouterMsg>, evt: SupervisionEvent, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
             SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
             _ => return Ok(()),
         };
         if let Some(hash) = state.by_id.remove(&cell.get_id()) {
-            state.sessions.remove(&hash);
+            let live = state.sessions.remove(&hash);
             telemetry::sessions_active(state.sessions.len());
-            if let Some(reason) = failure {
-                // The session is rebuilt on the conversation's next message.
+            if let (Some(reason), Some(live)) = (failure, live) {
                 telemetry::actor_restarted("session");
-                tracing::warn!(session = %hash, %reason, "A session actor failed; it will be rebuilt on the next message.");
+                tracing::warn!(session = %hash, %reason, "A session actor failed; its unanswered messages are redelivered to a new one.");
+                tokio::spawn(redeliver(myself, state.store.clone(), state.node.clone(), live.key, state.inbox.clone()));
             }
         }
         Ok(())
@@ -159,5 +165,37 @@ impl Actor for SessionRouterActor {
     async fn post_stop(&self, myself: ActorRef<RouterMsg>, _state: &mut RouterState) -> Result<(), ActorProcessingErr> {
         myself.stop_children_and_wait(Some(STOP_REASON_SHUTDOWN.into()), Some(std::time::Duration::from_secs(10))).await;
         Ok(())
+    }
+}
+
+/// After a session crash, the messages it held (still pending in the inbox) go to a new session
+/// after a backoff, each with one more attempt counted; a message that keeps crashing sessions
+/// ends in the dead-letter queue.
+async fn redeliver(router: ActorRef<RouterMsg>, store: Arc<dyn Store>, node: String, key: String, inbox: InboxConfig) {
+    let failed_at = crate::store::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(inbox.retry_backoff_ms)).await;
+    let pending = match store.inbox_pending(&node).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "Could not read the inbox after a session crash; its messages are replayed at the next start.");
+            return;
+        }
+    };
+    for mut entry in pending.into_iter().filter(|e| e.conversation == key && e.created_ms <= failed_at) {
+        entry.attempts += 1;
+        let reason = "the conversation's session crashed while holding this message";
+        if entry.attempts >= inbox.max_attempts as i64 {
+            match store.dead_letter(&entry, reason).await {
+                Ok(id) => tracing::error!(dead_letter = id, "A message that kept crashing its session moved to the dead-letter queue."),
+                Err(e) => tracing::error!(error = %e, "Could not write a dead letter."),
+            }
+            continue;
+        }
+        if let Err(e) = store.inbox_attempt_failed(entry.id, entry.attempts, reason).await {
+            tracing::warn!(error = %e, "Could not record a failed attempt.");
+        }
+        if let Some(req) = ChatRequest::from_inbox(&entry) {
+            let _ = router.cast(RouterMsg::Chat(req, None));
+        }
     }
 }
