@@ -5,13 +5,16 @@
 #
 # 1. installs Prometheus (Debian package `prometheus`, which ships promtool) if missing;
 # 2. `promtool check rules` and `promtool test rules` on grafana/alerts/;
-# 3. starts the daemon (tiny model, fault injection on, a small inference queue) on a free
-#    loopback port, and Prometheus on another, scraping it every second with the rules loaded;
+# 3. starts the daemon (tiny model, fault injection on, a small inference queue, a SQLite store
+#    and an admin token in the temp folder, 2 inbox attempts) on a free loopback port, and
+#    Prometheus on another, scraping it every second with the rules loaded;
 # 4. drives traffic: chats, a streaming chat, a 404, a 400, an inference-worker crash, a
-#    session crash and a burst that overflows the inference queue (busy);
+#    session crash, a message that fails every attempt (retry, dead letter, apology), a
+#    duplicate message_id (409), admin API requests (unauthorized, forbidden, ok) and a burst
+#    that overflows the inference queue (busy);
 # 5. runs scripts/check_observability.py, which evaluates every dashboard and alert
 #    expression through Prometheus and checks every metric name against /metrics;
-# 6. checks that the checker fails on a copy of a dashboard with a misspelt metric.
+# 6. checks that the checker fails on copies of dashboards with a misspelt metric.
 # Everything started is stopped on exit. Exit status 0 only if all of it passed.
 #
 # Needs: bash, curl, python3 (standard library), the built daemon
@@ -157,6 +160,9 @@ done
 [ -x "$BIN" ] || fail "daemon binary $BIN not found: build it first (cargo build --release)"
 [ -d "$ROOT/models/tiny" ] || fail "models/tiny not found: run 'make setup' first"
 
+ADMIN_TOKEN="obs-viewer-$RANDOM$RANDOM"
+ADMIN_TOKEN_SHA256=$(printf %s "$ADMIN_TOKEN" | sha256sum | cut -d' ' -f1)
+
 cat >"$WORK/switchboard.toml" <<EOF
 # Written by scripts/test_observability.sh.
 [server]
@@ -171,6 +177,28 @@ path = "$ROOT/models/tiny"
 max_queue = 2
 max_batch = 2
 max_new_tokens = 16
+
+[storage]
+path = "$WORK/switchboard.db"
+node_id = "observability"
+
+[inbox]
+# Two attempts, quickly: !fault:worker-panic-always is retried once, then dead-lettered.
+max_attempts = 2
+retry_backoff_ms = 50
+
+[supervision]
+# The traffic crashes inference workers on purpose several times within a minute; the
+# supervisors must not give up (the check below fails on any escalation).
+max_restarts = 50
+restart_window_secs = 60
+backoff_initial_ms = 10
+backoff_max_ms = 200
+
+[[admin.tokens]]
+name = "observability"
+role = "viewer"
+token_sha256 = "$ADMIN_TOKEN_SHA256"
 
 [log]
 format = "text"
@@ -252,14 +280,18 @@ chat() {
 status_of() { # METHOD PATH [BODY]
     curl -sS --max-time 30 -o /dev/null -w '%{http_code}' -X "$1" ${3:+--data "$3"} "$BASE$2"
 }
+admin_status() { # METHOD PATH [TOKEN]: the admin API's status code (body in $WORK/admin)
+    curl -sS --max-time 30 -o "$WORK/admin" -w '%{http_code}' -X "$1" ${3:+-H "authorization: Bearer $3"} "$BASE$2"
+}
 metrics_have() { # REGEX: true if a line of the daemon's /metrics matches
     local text
     text=$(curl -fsS --max-time 5 "$BASE/metrics") || return 1
     grep -q -- "$1" <<<"$text"
 }
 
-# traffic PASS: one pass of the whole mix. Counters and histograms appear in /metrics only when
-# first touched, so Prometheus's first sample of a series already holds the first pass; the
+# traffic PASS: one pass of the whole mix. Histograms (and counters with labels the daemon does
+# not know in advance, such as HTTP routes and statuses) appear in /metrics only when first
+# touched, so Prometheus's first sample of such a series already holds the first pass; the
 # second pass, a few scrapes later, is what makes rate() and histogram_quantile() non-trivial.
 traffic() {
     local p=$1 code round i pid burst
@@ -285,6 +317,39 @@ traffic() {
     # A session actor crashes: that message fails (outcome failed).
     chat '{"conversation":"obs-session-fault","user":"u6","text":"!fault:session-panic"}' >/dev/null
 
+    # A duplicate message_id: the second copy is refused (409) and counted as a duplicate.
+    chat "{\"conversation\":\"obs-dup\",\"user\":\"u7\",\"text\":\"only once\",\"message_id\":\"obs-dup-$p\"}" 200 >/dev/null
+    chat "{\"conversation\":\"obs-dup\",\"user\":\"u7\",\"text\":\"only once\",\"message_id\":\"obs-dup-$p\"}" 409 >/dev/null
+
+    # Once: a message whose inference worker crashes on every attempt. It is retried
+    # (inbox.max_attempts = 2), then moved to the dead-letter queue and answered with the
+    # apology (503 dead_lettered, outcome apology).
+    if [ "$p" = 1 ]; then
+        chat '{"conversation":"obs-dead-letter","user":"u8","text":"!fault:worker-panic-always"}' 503 >/dev/null
+        grep -q '"dead_lettered"' "$WORK/reply" || fail "!fault:worker-panic-always was not dead-lettered: $(head -c 300 "$WORK/reply")"
+        metrics_have '^switchboard_messages_answered_total{[^}]*outcome="apology"[^}]*} [1-9]' ||
+            fail "no apology answer was counted after the dead letter"
+        metrics_have '^switchboard_inbox_retries_total [1-9]' || fail "no inbox retry was counted before the dead letter"
+        wait_for 30 "the dead-letter gauge" metrics_have '^switchboard_dead_letters [1-9]'
+    fi
+
+    # Admin API: no token and a wrong token (unauthorized), the viewer token on an operator
+    # route (forbidden), and the viewer token listing the dead letters (ok).
+    code=$(admin_status GET /admin/v1/dead-letters)
+    [ "$code" = 401 ] || fail "the admin API without a token answered $code, expected 401"
+    code=$(admin_status GET /admin/v1/dead-letters "wrong-$ADMIN_TOKEN")
+    [ "$code" = 401 ] || fail "the admin API with a wrong token answered $code, expected 401"
+    code=$(admin_status POST /admin/v1/dead-letters/1/replay "$ADMIN_TOKEN")
+    [ "$code" = 403 ] || fail "a viewer replaying a dead letter got $code, expected 403"
+    code=$(admin_status GET /admin/v1/dead-letters "$ADMIN_TOKEN")
+    [ "$code" = 200 ] || fail "the admin API with the viewer token answered $code, expected 200: $(head -c 300 "$WORK/admin")"
+    grep -q 'worker-panic-always' "$WORK/admin" || fail "the dead letter is not listed by the admin API: $(head -c 300 "$WORK/admin")"
+    for outcome in ok unauthorized forbidden; do
+        metrics_have "^switchboard_admin_requests_total{outcome=\"$outcome\"} [1-9]" ||
+            fail "no admin request with outcome $outcome was counted"
+    done
+    metrics_have '^switchboard_inbox_duplicates_total{platform="http"} [1-9]' || fail "no duplicate was counted after a 409"
+
     # A burst larger than inference.max_queue: some requests are refused as busy (503).
     for round in 1 2 3; do
         burst=()
@@ -302,6 +367,9 @@ traffic() {
     done
     chat '{"conversation":"obs-1","user":"u1","text":"after the burst"}' 200 >/dev/null
     kill -0 "$DAEMON_PID" 2>/dev/null || fail "the daemon died during the traffic"
+    if metrics_have '^switchboard_supervisor_escalations_total{[^}]*} [1-9]'; then
+        fail "a supervisor escalated during the traffic: $(curl -fsS --max-time 5 "$BASE/metrics" | grep '^switchboard_supervisor_escalations_total')"
+    fi
 }
 
 log "driving traffic (first pass)"
@@ -323,20 +391,25 @@ timeout 180 python3 "$ROOT/scripts/check_observability.py" --prometheus "$PROM_U
     ${OBS_VERBOSE:+--verbose} ||
     fail "check_observability.py found problems (listed above)"
 
-log "negative test: a dashboard with a misspelt metric must fail the check"
-mkdir -p "$WORK/bad"
-sed 's/switchboard_inference_queue_depth/switchboard_inference_queue_dpeth/g' \
-    "$ROOT/grafana/dashboards/switchboard-inference.json" >"$WORK/bad/switchboard-inference.json"
-grep -q switchboard_inference_queue_dpeth "$WORK/bad/switchboard-inference.json" ||
-    fail "negative test: could not plant the misspelt metric"
-set +e
-timeout 180 python3 "$ROOT/scripts/check_observability.py" --prometheus "$PROM_URL" \
-    --metrics-url "$BASE/metrics" --dashboards "$WORK/bad/switchboard-inference.json" \
-    --rules "${RULE_FILES[@]}" >"$WORK/negative.log" 2>&1
-rc=$?
-set -e
-if [ "$rc" -ne 1 ] || ! grep -q "switchboard_inference_queue_dpeth" "$WORK/negative.log"; then
-    cat "$WORK/negative.log" >&2
-    fail "negative test: the check did not fail (exit $rc) on a misspelt metric"
-fi
-log "negative test ok: the check rejected the misspelt metric"
+# negative PLANTED DASHBOARD OLD_METRIC: the check must fail on a copy of DASHBOARD with
+# OLD_METRIC misspelt as PLANTED, naming PLANTED.
+negative() {
+    local planted=$1 dash=$2 metric=$3 rc
+    mkdir -p "$WORK/bad"
+    sed "s/$metric/$planted/g" "$ROOT/grafana/dashboards/$dash" >"$WORK/bad/$dash"
+    grep -q "$planted" "$WORK/bad/$dash" || fail "negative test: could not plant $planted in $dash"
+    set +e
+    timeout 180 python3 "$ROOT/scripts/check_observability.py" --prometheus "$PROM_URL" \
+        --metrics-url "$BASE/metrics" --dashboards "$WORK/bad/$dash" \
+        --rules "${RULE_FILES[@]}" >"$WORK/negative.log" 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -ne 1 ] || ! grep -q "$planted" "$WORK/negative.log"; then
+        cat "$WORK/negative.log" >&2
+        fail "negative test: the check did not fail (exit $rc) on $planted in $dash"
+    fi
+    log "negative test ok: the check rejected $planted in $dash"
+}
+log "negative tests: a dashboard with a misspelt metric must fail the check"
+negative switchboard_inference_queue_dpeth switchboard-inference.json switchboard_inference_queue_depth
+negative switchboard_inbox_dpeth switchboard-overview.json switchboard_inbox_depth

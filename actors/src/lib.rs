@@ -3,6 +3,7 @@
 
 pub mod inference;
 pub mod model;
+pub mod platforms;
 pub mod session;
 pub mod store;
 pub mod supervisor;

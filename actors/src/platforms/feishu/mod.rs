@@ -1,0 +1,1 @@
+//! Feishu / Lark Open Platform channel.
