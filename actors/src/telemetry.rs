@@ -31,6 +31,12 @@ pub const INBOX_DUPLICATES: &str = "switchboard_inbox_duplicates_total";
 pub const ADMIN_REQUESTS: &str = "switchboard_admin_requests_total";
 pub const INFERENCE_QUEUE_CAPACITY: &str = "switchboard_inference_queue_capacity";
 pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
+pub const PLATFORM_UPDATES: &str = "switchboard_platform_updates_total";
+pub const PLATFORM_REJECTED: &str = "switchboard_platform_rejected_total";
+pub const EGRESS_SENDS: &str = "switchboard_egress_sends_total";
+pub const EGRESS_RATE_LIMITED: &str = "switchboard_egress_rate_limited_total";
+pub const EGRESS_SEND_DURATION: &str = "switchboard_egress_send_duration_seconds";
+pub const FEISHU_TOKEN_REFRESHES: &str = "switchboard_feishu_token_refreshes_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -66,6 +72,12 @@ pub fn describe() {
     describe_counter!(ADMIN_REQUESTS, "Admin API requests by outcome (ok, unauthorized, forbidden, error).");
     describe_gauge!(INFERENCE_QUEUE_CAPACITY, "Configured inference queue limit (`inference.max_queue`).");
     describe_counter!(SUPERVISOR_ESCALATIONS, "Supervisors that gave up after too many restarts, by supervisor.");
+    describe_counter!(PLATFORM_UPDATES, "Platform updates/events received, by platform, account, kind and outcome (handled, ignored, duplicate).");
+    describe_counter!(PLATFORM_REJECTED, "Webhook requests rejected, by platform, account and reason (bad_secret, bad_signature, …).");
+    describe_counter!(EGRESS_SENDS, "Sends to a platform, by platform, account and outcome.");
+    describe_counter!(EGRESS_RATE_LIMITED, "Sends the platform answered with a rate limit (429), by platform and account.");
+    describe_histogram!(EGRESS_SEND_DURATION, Unit::Seconds, "Duration of one send call to a platform.");
+    describe_counter!(FEISHU_TOKEN_REFRESHES, "Feishu tenant access token fetches, by account.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -179,4 +191,38 @@ pub fn register_known_series(workers: usize, max_queue: usize) {
     for kind in ["prompt", "generated"] {
         counter!(INFERENCE_TOKENS, "kind" => kind).absolute(0);
     }
+}
+
+pub fn platform_update(platform: &'static str, account: &str, kind: &'static str, outcome: &'static str) {
+    counter!(PLATFORM_UPDATES, "platform" => platform, "account" => account.to_string(), "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+pub fn platform_rejected(platform: &'static str, account: &str, reason: &'static str) {
+    counter!(PLATFORM_REJECTED, "platform" => platform, "account" => account.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn egress_send(platform: &'static str, account: &str, outcome: &'static str, took: Duration) {
+    counter!(EGRESS_SENDS, "platform" => platform, "account" => account.to_string(), "outcome" => outcome).increment(1);
+    histogram!(EGRESS_SEND_DURATION, "platform" => platform).record(took.as_secs_f64());
+}
+
+pub fn egress_rate_limited(platform: &'static str, account: &str) {
+    counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).increment(1);
+}
+
+pub fn feishu_token_refresh(account: &str) {
+    counter!(FEISHU_TOKEN_REFRESHES, "account" => account.to_string()).increment(1);
+}
+
+/// Pre-registers a platform account's series at 0.
+pub fn register_platform_series(platform: &'static str, account: &str) {
+    counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
+    for outcome in ["ok", "failed", "busy", "apology"] {
+        counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["ok", "rate_limited", "transient_error", "permanent_error"] {
+        counter!(EGRESS_SENDS, "platform" => platform, "account" => account.to_string(), "outcome" => outcome).absolute(0);
+    }
+    counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).absolute(0);
+    counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
 }

@@ -1,5 +1,6 @@
 //! Chat platforms. Each has plain protocol code (types, signatures, crypto, API clients, with
 //! unit tests) and the actors that use it (ingress and egress).
 
+pub mod egress;
 pub mod feishu;
 pub mod telegram;
