@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::InferenceConfig;
+use switchboard_actors::platforms::config::{FeishuConfig, TelegramConfig};
 use switchboard_actors::session::{InboxConfig, SessionConfig};
 use switchboard_actors::supervisor::SupervisionConfig;
 
@@ -26,6 +27,10 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub storage: StorageConfig,
     pub admin: AdminConfig,
+    /// `[[telegram]]`: Telegram bots.
+    pub telegram: Vec<TelegramConfig>,
+    /// `[[feishu]]`: Feishu / Lark apps.
+    pub feishu: Vec<FeishuConfig>,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
     pub testing: TestingConfig,
@@ -227,6 +232,19 @@ impl Config {
                 return Err(ConfigError::Invalid("`storage.url` must start with postgres:// (or sqlite://). Given: a URL with another scheme".into()));
             }
         }
+        let mut accounts = std::collections::HashSet::new();
+        for (i, t) in self.telegram.iter().enumerate() {
+            t.validate(i).map_err(ConfigError::Invalid)?;
+            if !accounts.insert(("telegram", t.account.clone())) {
+                return Err(ConfigError::Invalid(format!("`telegram[{i}].account` {:?} is used twice", t.account)));
+            }
+        }
+        for (i, f) in self.feishu.iter().enumerate() {
+            f.validate(i).map_err(ConfigError::Invalid)?;
+            if !accounts.insert(("feishu", f.account.clone())) {
+                return Err(ConfigError::Invalid(format!("`feishu[{i}].account` {:?} is used twice", f.account)));
+            }
+        }
         for (i, t) in self.admin.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || !t.token_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].token_sha256` must be 64 hex digits (the SHA-256 of the token, not the token)")));
@@ -283,6 +301,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
 fn is_secret_key(key: &str) -> bool {
     ["token", "secret", "password", "encrypt_key", "api_key"].iter().any(|s| key.contains(s))
         && !key.ends_with("_file")
+        && !key.ends_with("_env")
         && !key.ends_with("_sha256")
 }
 

@@ -11,6 +11,9 @@ use switchboard_actors::inference::ExecutionProvider;
 use switchboard_actors::model::onnx::{init_runtime, resolve_runtime_lib};
 use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
 use switchboard_actors::session::{ROUTER_NAME, RouterMsg};
+use switchboard_actors::platforms::config::TelegramMode;
+use switchboard_actors::platforms::egress::PlatformSender;
+use switchboard_actors::platforms::telegram_bot::{TelegramBot, TelegramSender};
 use switchboard_actors::store::{SqlStore, Store};
 use switchboard_actors::telemetry;
 use switchboard_actors::tree::{self, TreeConfig};
@@ -72,6 +75,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = open_store(&cfg).await?;
     let node = cfg.storage.node();
     tracing::info!(backend = store.backend(), node = %node, "Opened the store.");
+    let mut egress: Vec<Arc<dyn PlatformSender>> = Vec::new();
+    let mut telegram_pollers = Vec::new();
+    let mut telegram_bots = std::collections::HashMap::new();
+    for (i, tc) in cfg.telegram.iter().enumerate() {
+        let token = tc.resolve_token(i).map_err(|e| anyhow::anyhow!(e))?;
+        let bot = Arc::new(TelegramBot::new(tc.clone(), &token, store.clone(), node.clone(), cfg.sessions.group_scope, cfg.testing.fault_injection));
+        bot.init().await;
+        egress.push(Arc::new(TelegramSender::new(bot.clone())));
+        if tc.mode == TelegramMode::Polling {
+            telegram_pollers.push(bot.clone());
+        }
+        telegram_bots.insert(tc.account.clone(), bot);
+    }
     let upkeep_handle = prometheus.clone();
     let tree = tree::start(TreeConfig {
         assets,
@@ -82,6 +98,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         inbox: cfg.inbox.clone(),
         store: store.clone(),
         node: node.clone(),
+        egress,
+        telegram_pollers,
         supervision: cfg.supervision.clone(),
         fault_injection: cfg.testing.fault_injection,
         upkeep: Arc::new(move || upkeep_handle.run_upkeep()),
@@ -103,6 +121,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store: store.clone(),
         node: node.clone(),
         admin_tokens: cfg.admin.tokens.clone(),
+        telegram: telegram_bots,
     });
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
     replay_inbox(&state).await?;

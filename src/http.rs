@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::{GenerateOptions, InferenceError};
-use switchboard_actors::session::{ChatError, ChatReply, ChatRequest};
+use switchboard_actors::session::{ChatError, ChatReply, ChatRequest, InboxPayload};
 use switchboard_actors::store::{Accepted, InboxEntry, NewInbound, Store};
 
 use crate::config::AdminToken;
@@ -43,6 +43,8 @@ pub struct AppState {
     pub node: String,
     /// Admin API tokens.
     pub admin_tokens: Vec<AdminToken>,
+    /// Telegram bots by account.
+    pub telegram: std::collections::HashMap<String, Arc<switchboard_actors::platforms::telegram_bot::TelegramBot>>,
 }
 
 impl AppState {
@@ -244,6 +246,7 @@ fn parse_chat(body: &[u8]) -> Result<ParsedChat, ApiError> {
         inbox_id: None,
         account: "api".into(),
         attempts: 0,
+        route: None,
     };
     Ok(ParsedChat { request: req, stream: b.stream, message_id: b.message_id })
 }
@@ -290,7 +293,7 @@ async fn chat(state: Arc<AppState>, content_type: Option<String>, body: Bytes) -
         conversation: req.conversation.clone(),
         user: req.user.clone(),
         text: req.text.clone(),
-        payload: serde_json::to_string(&req.options).unwrap_or_default(),
+        payload: InboxPayload { options: req.options.clone(), route: None }.to_json(),
     };
     match state.store.inbox_accept(&inbound, &state.node).await {
         Ok(Accepted::New(id)) => req.inbox_id = Some(id),
@@ -333,6 +336,8 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/api/v1/chat" => "/api/v1/chat",
         p if p.starts_with("/admin/v1/") => "/admin/v1",
+        p if p.starts_with("/webhook/telegram/") => "/webhook/telegram",
+        p if p.starts_with("/webhook/feishu/") => "/webhook/feishu",
         _ => "other",
     }
 }
@@ -366,11 +371,13 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(warp::body::bytes())
         .and_then(chat);
     let admin = crate::admin::routes(state.clone());
+    let webhooks = crate::webhooks::routes(state.clone());
     healthz
         .or(readyz)
         .or(metrics)
         .or(chat)
         .or(admin)
+        .or(webhooks)
         .recover(move |r| recover(r, max))
         .with(warp::log::custom(|info| telemetry::http_request(route_label(info.path()), info.status().as_u16(), info.elapsed())))
 }

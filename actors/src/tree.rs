@@ -23,6 +23,8 @@ use crate::inference::{
 use crate::model::{ModelAssets, SessionOptions};
 use crate::session::actor::ReplyPort;
 use crate::session::{ChatError, ChatRequest, InboxConfig, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
+use crate::platforms::egress::{EgressActor, EgressArgs, PlatformSender, egress_name};
+use crate::platforms::telegram_bot::{TelegramBot, TelegramPollerActor};
 use crate::store::Store;
 use crate::supervisor::{ChildObserver, ChildSpec, SupervisionConfig, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use crate::telemetry;
@@ -38,6 +40,10 @@ pub struct TreeConfig {
     pub store: Arc<dyn Store>,
     /// This node's name in the inbox.
     pub node: String,
+    /// One egress actor per platform account.
+    pub egress: Vec<Arc<dyn PlatformSender>>,
+    /// Telegram bots in polling mode (one supervised polling actor each).
+    pub telegram_pollers: Vec<Arc<TelegramBot>>,
     pub supervision: SupervisionConfig,
     pub fault_injection: bool,
     /// Called every few seconds by the housekeeping actor (e.g. metrics upkeep).
@@ -137,7 +143,16 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
             let http = ChildSpec::new(HTTP_INGRESS_NAME, |p| async move {
                 Actor::spawn_linked(Some(HTTP_INGRESS_NAME.into()), HttpIngressActor, (), p).await.map(|(a, _)| a.get_cell())
             });
-            let args = SupervisorArgs { name: "ingress".into(), children: vec![http], config: cfg.supervision.clone(), observer: None };
+            let mut children = vec![http];
+            for bot in &cfg.telegram_pollers {
+                let name = format!("ingress.telegram.{}", bot.account());
+                let bot = bot.clone();
+                children.push(ChildSpec::new(name.clone(), move |p| {
+                    let (bot, name) = (bot.clone(), name.clone());
+                    async move { Actor::spawn_linked(Some(name), TelegramPollerActor, bot, p).await.map(|(a, _)| a.get_cell()) }
+                }));
+            }
+            let args = SupervisorArgs { name: "ingress".into(), children, config: cfg.supervision.clone(), observer: None };
             async move { Actor::spawn_linked(Some("ingress".into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
@@ -145,7 +160,20 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
     let egress_spec = {
         let cfg = cfg.clone();
         ChildSpec::new("egress", move |parent| {
-            let args = SupervisorArgs { name: "egress".into(), children: vec![], config: cfg.supervision.clone(), observer: None };
+            let children = cfg
+                .egress
+                .iter()
+                .map(|sender| {
+                    let name = egress_name(sender.platform(), sender.account());
+                    let (sender, store) = (sender.clone(), cfg.store.clone());
+                    ChildSpec::new(name.clone(), move |p| {
+                        let args = EgressArgs { sender: sender.clone(), store: store.clone(), max_attempts: 5 };
+                        let name = name.clone();
+                        async move { Actor::spawn_linked(Some(name), EgressActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                    })
+                })
+                .collect();
+            let args = SupervisorArgs { name: "egress".into(), children, config: cfg.supervision.clone(), observer: None };
             async move { Actor::spawn_linked(Some("egress".into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };

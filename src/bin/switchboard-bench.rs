@@ -199,7 +199,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Foreign CPU above this fraction of one core marks a window as busy.
-const FOREIGN_LIMIT: f64 = 0.15;
+const FOREIGN_LIMIT: f64 = 0.10;
 
 /// Background watcher of foreign CPU use, in back-to-back windows.
 #[derive(Clone)]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::router::{ROUTER_NAME, RouterMsg};
-use super::{ChatError, ChatReply, ChatRequest, InboxConfig, SessionConfig};
+use super::{ChatError, ChatReply, ChatRequest, InboxConfig, InboxPayload, SessionConfig};
+use crate::platforms::egress;
 use crate::inference::{Fault, GenEvent, InferenceClient, InferenceError};
 use crate::model::ChatMessage;
 use crate::store::{InboxEntry, InboxStatus, Store, Turn};
@@ -147,8 +148,22 @@ impl SessionState {
             };
             match result {
                 Ok(reply) => {
-                    if let Some(id) = inbox_id {
-                        self.finish_inbox(id, InboxStatus::Done, None).await;
+                    let p = self.queue.front().expect("front exists");
+                    match p.request.route.clone() {
+                        // The egress marks the inbox entry done once the platform has the reply.
+                        Some(route) => {
+                            if !egress::send_reply(p.request.platform, &p.request.account, route, reply.reply.clone(), inbox_id) {
+                                tracing::error!(platform = p.request.platform, account = %p.request.account, "No egress for this platform account; the reply was not sent.");
+                                if let Some(id) = inbox_id {
+                                    self.finish_inbox(id, InboxStatus::Rejected, Some("no egress for this platform account")).await;
+                                }
+                            }
+                        }
+                        None => {
+                            if let Some(id) = inbox_id {
+                                self.finish_inbox(id, InboxStatus::Done, None).await;
+                            }
+                        }
                     }
                     let p = self.queue.pop_front().expect("front exists");
                     telemetry::message_answered(p.request.platform, "ok", p.request.accepted_at.elapsed());
@@ -182,6 +197,16 @@ impl SessionState {
                     if let (Some(id), false) = (inbox_id, matches!(err, ChatError::DeadLettered { .. })) {
                         self.finish_inbox(id, InboxStatus::Rejected, Some(&err.to_string())).await;
                     }
+                    // A platform user gets a short explanation instead of silence.
+                    if let Some(route) = p.request.route.clone() {
+                        let text = match &err {
+                            ChatError::MessageTooLong { .. } | ChatError::Inference(InferenceError::PromptTooLong { .. }) => {
+                                "Sorry, that message is too long for me. Could you shorten it?".to_string()
+                            }
+                            _ => self.inbox.apology.clone(),
+                        };
+                        egress::send_reply(p.request.platform, &p.request.account, route, text, None);
+                    }
                     telemetry::message_answered(p.request.platform, outcome, p.request.accepted_at.elapsed());
                     if let Some(port) = p.reply {
                         let _ = port.send(Err(err));
@@ -206,7 +231,7 @@ impl SessionState {
             conversation: req.conversation.clone(),
             user: req.user.clone(),
             text: req.text.clone(),
-            payload: serde_json::to_string(&req.options).unwrap_or_default(),
+            payload: InboxPayload { options: req.options.clone(), route: req.route.clone() }.to_json(),
             attempts: req.attempts + 1,
             created_ms: 0,
         };
@@ -246,6 +271,9 @@ impl SessionState {
             }
         }
         let req = &self.queue.front().expect("front").request;
+        if let Some(route) = &req.route {
+            egress::send_typing(req.platform, &req.account, route.clone());
+        }
         let prompt = self.build_prompt(req)?;
         let prompt_tokens = prompt.len();
         let mut events = self.inference.submit(prompt, &req.options)?;

@@ -62,6 +62,24 @@ pub struct ChatRequest {
     pub account: String,
     /// Attempts already made (from the inbox, when replayed).
     pub attempts: i64,
+    /// Where the reply goes on the platform (chat, thread, message to reply to), as the
+    /// platform's egress understands it; `None` for the HTTP API (the caller waits for it).
+    pub route: Option<serde_json::Value>,
+}
+
+/// What the inbox keeps besides the text: generation options and the reply route.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct InboxPayload {
+    #[serde(default)]
+    pub options: GenerateOptions,
+    #[serde(default)]
+    pub route: Option<serde_json::Value>,
+}
+
+impl InboxPayload {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
 }
 
 impl ChatRequest {
@@ -77,17 +95,19 @@ impl ChatRequest {
                 return None;
             }
         };
+        let payload: InboxPayload = serde_json::from_str(&e.payload).unwrap_or_default();
         Some(ChatRequest {
             platform,
             conversation: e.conversation.clone(),
             user: e.user.clone(),
             text: e.text.clone(),
-            options: serde_json::from_str(&e.payload).unwrap_or_default(),
+            options: payload.options,
             deltas: None,
             accepted_at: Instant::now(),
             inbox_id: Some(e.id),
             account: e.account.clone(),
             attempts: e.attempts,
+            route: payload.route,
         })
     }
 }

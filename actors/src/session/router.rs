@@ -189,8 +189,15 @@ async fn redeliver(router: ActorRef<RouterMsg>, store: Arc<dyn Store>, node: Str
                 Ok(id) => tracing::error!(dead_letter = id, "A message that kept crashing its session moved to the dead-letter queue."),
                 Err(e) => tracing::error!(error = %e, "Could not write a dead letter."),
             }
+            if let Some(req) = ChatRequest::from_inbox(&entry) {
+                telemetry::message_answered(req.platform, "apology", std::time::Duration::ZERO);
+                if let Some(route) = req.route {
+                    crate::platforms::egress::send_reply(req.platform, &req.account, route, inbox.apology.clone(), None);
+                }
+            }
             continue;
         }
+        telemetry::inbox_retry();
         if let Err(e) = store.inbox_attempt_failed(entry.id, entry.attempts, reason).await {
             tracing::warn!(error = %e, "Could not record a failed attempt.");
         }

@@ -178,6 +178,8 @@ pub trait Store: Send + Sync + 'static {
     async fn conversation(&self, key_or_hash: &str) -> StoreResult<Option<ConversationInfo>>;
     /// All turns of all epochs, oldest first.
     async fn messages(&self, conversation: &str, limit: i64) -> StoreResult<Vec<StoredMessage>>;
+    /// Moves a conversation to a new key (a Telegram group upgraded to a supergroup).
+    async fn rename_conversation(&self, from: &str, to: &str, to_hash: &str) -> StoreResult<()>;
     /// Erases a conversation: turns, inbox rows and dead letters. Returns rows removed.
     async fn erase(&self, conversation: &str) -> StoreResult<u64>;
 

@@ -404,6 +404,14 @@ impl Store for SqlStore {
         Ok(rows.iter().map(stored_message).collect::<Result<_, _>>()?)
     }
 
+    async fn rename_conversation(&self, from: &str, to: &str, to_hash: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&self.q("UPDATE conversations SET key = ?, hash = ? WHERE key = ?")).bind(to).bind(to_hash).bind(from).execute(&mut *tx).await?;
+        sqlx::query(&self.q("UPDATE messages SET conversation = ? WHERE conversation = ?")).bind(to).bind(from).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn erase(&self, conversation: &str) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
         let mut n = 0;

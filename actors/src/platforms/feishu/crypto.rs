@@ -185,10 +185,34 @@ mod tests {
     fn event_signature_mismatch_is_rejected() {
         let body = br#"{"encrypt":"abc"}"#;
         let sig = event_signature("1700000000", "nonce123", "test key", body);
-        assert!(!verify_signature("1700000001", "nonce123", "test key", body, &sig));
-        assert!(!verify_signature("1700000000", "nonce123", "test key", b"{}", &sig));
-        assert!(!verify_signature("1700000000", "nonce123", "test key", body, ""));
-        assert!(!verify_signature("1700000000", "nonce123", "test key", body, "zz"));
+        assert!(!verify_signature(
+            "1700000001",
+            "nonce123",
+            "test key",
+            body,
+            &sig
+        ));
+        assert!(!verify_signature(
+            "1700000000",
+            "nonce123",
+            "test key",
+            b"{}",
+            &sig
+        ));
+        assert!(!verify_signature(
+            "1700000000",
+            "nonce123",
+            "test key",
+            body,
+            ""
+        ));
+        assert!(!verify_signature(
+            "1700000000",
+            "nonce123",
+            "test key",
+            body,
+            "zz"
+        ));
     }
 
     #[test]

@@ -1,1 +1,22 @@
 //! Telegram Bot API channel.
+//!
+//! Plain protocol code, no actors:
+//! * [`types`]: serde types for updates, messages and the response envelope.
+//! * [`inbound`]: [`triage`](inbound::triage) decides whether to answer an update and
+//!   normalizes it to an [`Incoming`](inbound::Incoming).
+//! * [`format`]: HTML escaping and splitting answers into ≤ 4096-character messages.
+//! * [`api`]: [`BotApi`](api::BotApi), the HTTP client.
+//! * [`error`]: [`TgError`](error::TgError) and [`classify`](error::classify).
+//! * [`ratelimit`]: [`SendLimiter`](ratelimit::SendLimiter), client-side flood control.
+
+pub mod api;
+pub mod error;
+pub mod format;
+pub mod inbound;
+pub mod ratelimit;
+pub mod types;
+
+pub use api::{BotApi, SendMessage};
+pub use error::TgError;
+pub use inbound::{triage, BotIdentity, Incoming, Triage};
+pub use types::{ChatType, Message, Update, User};
