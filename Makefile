@@ -15,7 +15,7 @@ CARGO_FLAGS ?= --release --locked
 .PHONY: setup build run test test-observability bench bench-model check-config clean fmt
 
 ## setup: install ONNX Runtime (from PyPI) into .venv, link its library into runtime/, generate the tiny model
-setup: $(VENV)/.installed-$(EP) $(ORT_LIB) $(TINY)/model.onnx
+setup: $(VENV)/.installed-$(EP) $(ORT_LIB) $(TINY)/model.onnx $(TINY)-4k/model.onnx
 
 $(VENV)/.installed-$(EP): $(REQS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(ORT_LIB): $(VENV)/.installed-$(EP) scripts/link_ort.py
 
 $(TINY)/model.onnx: $(VENV)/.installed-$(EP) scripts/gen_model.py
 	$(PY) scripts/gen_model.py --out $(TINY) --size tiny --force
+
+# The tiny model with a 4096-token context, for tests of very long answers.
+$(TINY)-4k/model.onnx: $(VENV)/.installed-$(EP) scripts/gen_model.py
+	$(PY) scripts/gen_model.py --out $(TINY)-4k --size tiny --ctx 4096 --force
 
 build:
 	cargo build $(CARGO_FLAGS)

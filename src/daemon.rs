@@ -73,6 +73,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     };
     let store = open_store(&cfg).await?;
+    // Inbox rows older than this were left by an earlier run; newer ones are this run's own.
+    let started_ms = switchboard_actors::store::now_ms();
     let node = cfg.storage.node();
     tracing::info!(backend = store.backend(), node = %node, "Opened the store.");
     let mut egress: Vec<Arc<dyn PlatformSender>> = Vec::new();
@@ -81,7 +83,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for (i, tc) in cfg.telegram.iter().enumerate() {
         let token = tc.resolve_token(i).map_err(|e| anyhow::anyhow!(e))?;
         let bot = Arc::new(TelegramBot::new(tc.clone(), &token, store.clone(), node.clone(), cfg.sessions.group_scope, cfg.testing.fault_injection));
-        bot.init().await;
+        // getMe / setWebhook in the background: an unreachable Telegram must not hold up start-up.
+        tokio::spawn({
+            let bot = bot.clone();
+            async move { bot.init().await }
+        });
         egress.push(Arc::new(TelegramSender::new(bot.clone())));
         if tc.mode == TelegramMode::Polling {
             telegram_pollers.push(bot.clone());
@@ -124,7 +130,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         telegram: telegram_bots,
     });
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
-    replay_inbox(&state).await?;
+    replay_inbox(&state, started_ms).await?;
     tokio::spawn(inbox_gauges(store.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
         .await
@@ -179,8 +185,9 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Hands the messages this node accepted but never finished (a crash, a kill) back to their
 /// sessions, oldest first; each conversation keeps its order.
-async fn replay_inbox(state: &AppState) -> anyhow::Result<()> {
-    let pending = state.store.inbox_pending(&state.node).await.context("reading the inbox")?;
+async fn replay_inbox(state: &AppState, started_ms: i64) -> anyhow::Result<()> {
+    let mut pending = state.store.inbox_pending(&state.node).await.context("reading the inbox")?;
+    pending.retain(|e| e.created_ms < started_ms);
     if pending.is_empty() {
         return Ok(());
     }

@@ -9,6 +9,20 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod telegram_fake;
+
+/// Admin tokens `viewer-token`, `operator-token`, `admin-token` as config TOML.
+pub fn admin_tokens() -> String {
+    use sha2::Digest;
+    let h = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    format!(
+        "[[admin.tokens]]\nname = \"vera\"\nrole = \"viewer\"\ntoken_sha256 = \"{}\"\n\n[[admin.tokens]]\nname = \"otto\"\nrole = \"operator\"\ntoken_sha256 = \"{}\"\n\n[[admin.tokens]]\nname = \"ada\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n",
+        h("viewer-token"),
+        h("operator-token"),
+        h("admin-token")
+    )
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -30,12 +44,19 @@ impl Daemon {
         Self::start_with_env(extra, &[])
     }
 
+    /// Starts with another model folder.
+    pub fn start_with_model(extra: &str, model: &std::path::Path) -> Daemon {
+        Self::start_with_env(&format!("#model: {}\n{extra}", model.display()), &[])
+    }
+
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let root = root();
+        // `extra` may pick another model with a `#model: NAME` line.
+        let model = extra.lines().find_map(|l| l.strip_prefix("#model: ")).unwrap_or("tiny");
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 20\n\n[model]\npath = \"{}\"\nonnxruntime_lib = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
-            root.join("models/tiny").display(),
+            if model.starts_with('/') { PathBuf::from(model) } else { root.join("models").join(model) }.display(),
             root.join("runtime/libonnxruntime.so").display(),
         );
         let path = dir.path().join("switchboard.toml");
@@ -91,6 +112,13 @@ impl Daemon {
             assert!(Instant::now() < deadline, "daemon never became ready; logs:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GET an admin route with a bearer token.
+    pub async fn admin_get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub async fn chat(&self, conversation: &str, text: &str) -> (u16, serde_json::Value) {

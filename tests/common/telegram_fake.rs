@@ -98,7 +98,7 @@ impl FakeTelegram {
             if c.len() >= n {
                 return c;
             }
-            assert!(Instant::now() < deadline, "expected {n} {method} calls, got {}: {:?}", c.len(), c);
+            if Instant::now() >= deadline { panic!("expected {n} {method} calls, got {}: {:?}", c.len(), c); }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -322,11 +322,12 @@ impl Actor for TelegramPollerActor {
         };
         for raw in updates {
             let Some(id) = super::telegram::types::update_id_of(&raw) else { continue };
-            if let Err(e) = st.bot.accept_update(&raw).await {
+            let outcome = match st.bot.accept_update(&raw).await {
+                Ok(o) => o,
                 // Not stored: do not acknowledge it; it comes back on the next poll.
-                return backoff(&myself, st, &format!("could not store update {id}: {e}"));
-            }
-            if st.bot.fault_injection && raw.to_string().contains("!fault:poller-panic") {
+                Err(e) => return backoff(&myself, st, &format!("could not store update {id}: {e}")),
+            };
+            if outcome == UpdateOutcome::Accepted && st.bot.fault_injection && raw.to_string().contains("!fault:poller-panic") {
                 panic!("injected fault: poller panic after storing update {id}");
             }
             st.offset = st.offset.max(id + 1);

@@ -69,7 +69,7 @@ pub struct SessionState {
     last_seq: u64,
 }
 
-const HELP: &str = "Commands: /reset starts a fresh conversation (the old one is kept for audit), /help shows this text. Anything else is answered by the assistant.";
+const HELP: &str = "Commands: /reset (start a fresh conversation; the old one is kept for audit) & /help (this text). Anything else -> the assistant. Long answers arrive in parts of <= 4096 characters.";
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
