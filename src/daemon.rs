@@ -13,6 +13,7 @@ use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
 use switchboard_actors::session::{ROUTER_NAME, RouterMsg};
 use switchboard_actors::platforms::config::TelegramMode;
 use switchboard_actors::platforms::egress::PlatformSender;
+use switchboard_actors::platforms::feishu_app::{FeishuApp, FeishuSender};
 use switchboard_actors::platforms::telegram_bot::{TelegramBot, TelegramSender};
 use switchboard_actors::store::{SqlStore, Store};
 use switchboard_actors::telemetry;
@@ -94,6 +95,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         telegram_bots.insert(tc.account.clone(), bot);
     }
+    let mut feishu_apps = std::collections::HashMap::new();
+    for (i, fc) in cfg.feishu.iter().enumerate() {
+        let secret = fc.resolve_secret(i).map_err(|e| anyhow::anyhow!(e))?;
+        let app = Arc::new(FeishuApp::new(fc.clone(), &secret, store.clone(), node.clone(), cfg.sessions.group_scope));
+        tokio::spawn({
+            let app = app.clone();
+            async move { app.init().await }
+        });
+        egress.push(Arc::new(FeishuSender::new(app.clone())));
+        feishu_apps.insert(fc.account.clone(), app);
+    }
     let upkeep_handle = prometheus.clone();
     let tree = tree::start(TreeConfig {
         assets,
@@ -128,6 +140,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node: node.clone(),
         admin_tokens: cfg.admin.tokens.clone(),
         telegram: telegram_bots,
+        feishu: feishu_apps,
     });
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
     replay_inbox(&state, started_ms).await?;

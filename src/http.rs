@@ -45,6 +45,8 @@ pub struct AppState {
     pub admin_tokens: Vec<AdminToken>,
     /// Telegram bots by account.
     pub telegram: std::collections::HashMap<String, Arc<switchboard_actors::platforms::telegram_bot::TelegramBot>>,
+    /// Feishu / Lark apps by account.
+    pub feishu: std::collections::HashMap<String, Arc<switchboard_actors::platforms::feishu_app::FeishuApp>>,
 }
 
 impl AppState {

@@ -9,6 +9,9 @@ use switchboard_actors::telemetry;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use switchboard_actors::platforms::feishu::event::{Rejection as FeishuRejection, RequestHeaders};
+use switchboard_actors::platforms::feishu_app::EventAnswer;
+
 use crate::http::{ApiError, AppState};
 
 /// Telegram's secret-token header.
@@ -17,13 +20,45 @@ const TELEGRAM_SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let with_state = warp::any().map(move || state.clone());
     let max = 1 << 20;
-    warp::path!("webhook" / "telegram" / String)
+    let telegram = warp::path!("webhook" / "telegram" / String)
         .and(warp::post())
-        .and(with_state)
+        .and(with_state.clone())
         .and(warp::header::optional::<String>(TELEGRAM_SECRET_HEADER))
         .and(warp::body::content_length_limit(max))
         .and(warp::body::bytes())
-        .and_then(telegram)
+        .and_then(telegram);
+    let feishu = warp::path!("webhook" / "feishu" / String)
+        .and(warp::post())
+        .and(with_state)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(max))
+        .and(warp::body::bytes())
+        .and_then(feishu);
+    telegram.or(feishu).unify()
+}
+
+async fn feishu(account: String, state: Arc<AppState>, headers: warp::http::HeaderMap, body: Bytes) -> Result<warp::reply::Response, Rejection> {
+    let Some(app) = state.feishu.get(&account) else {
+        return Err(warp::reject::custom(ApiError::NoSuch(format!("feishu account {account:?}"))));
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let rh = RequestHeaders { timestamp: h("x-lark-request-timestamp"), nonce: h("x-lark-request-nonce"), signature: h("x-lark-signature") };
+    match app.handle(&body, &rh).await {
+        Ok(EventAnswer::Challenge(c)) => Ok(warp::reply::json(&serde_json::json!({"challenge": c})).into_response()),
+        Ok(EventAnswer::Ok) => Ok(warp::reply::json(&serde_json::json!({})).into_response()),
+        Ok(EventAnswer::Rejected(r)) => {
+            let (status, code) = match r {
+                FeishuRejection::BadJson | FeishuRejection::Undecryptable | FeishuRejection::EncryptedButNoKey => (StatusCode::BAD_REQUEST, "bad_request"),
+                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            };
+            if status == StatusCode::UNAUTHORIZED {
+                state.audit(&format!("webhook:feishu:{}", app.account()), "webhook.rejected", r.reason(), &r.to_string()).await;
+            }
+            let body = serde_json::json!({"error": {"code": code, "message": r.to_string(), "reason": r.reason()}});
+            Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+        }
+        Err(e) => Err(warp::reject::custom(ApiError::Storage(e.to_string()))),
+    }
 }
 
 async fn telegram(account: String, state: Arc<AppState>, secret: Option<String>, body: Bytes) -> Result<warp::reply::Response, Rejection> {

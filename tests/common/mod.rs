@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod feishu_fake;
 pub mod telegram_fake;
 
 /// Admin tokens `viewer-token`, `operator-token`, `admin-token` as config TOML.

@@ -4,5 +4,6 @@
 pub mod config;
 pub mod egress;
 pub mod feishu;
+pub mod feishu_app;
 pub mod telegram;
 pub mod telegram_bot;

@@ -1,0 +1,188 @@
+//! Feishu / Lark channel, black box: the real daemon against a fake Open Platform, with events
+//! encrypted and signed the way Feishu sends them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Daemon;
+use common::feishu_fake::{self as ff, FakeFeishu, ReplyFault, message_event, now_secs, signed_encrypted};
+use serde_json::json;
+
+fn config(fake: &FakeFeishu) -> String {
+    format!(
+        "[[feishu]]\naccount = \"enc\"\napp_id = \"{}\"\napp_secret = \"{}\"\nverification_token = \"{}\"\nencrypt_key = \"{}\"\napi_base = \"{}\"\n\n\
+         [[feishu]]\naccount = \"plain\"\napp_id = \"{}\"\napp_secret = \"{}\"\nverification_token = \"{}\"\napi_base = \"{}\"\n",
+        ff::APP_ID, ff::APP_SECRET, ff::VERIFICATION_TOKEN, ff::ENCRYPT_KEY, fake.base(),
+        ff::APP_ID, ff::APP_SECRET, ff::VERIFICATION_TOKEN, fake.base()
+    )
+}
+
+async fn post(d: &Daemon, account: &str, headers: &[(String, String)], body: String) -> (u16, serde_json::Value) {
+    let mut req = d.client.post(d.url(&format!("/webhook/feishu/{account}"))).header("content-type", "application/json").body(body);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn post_event(d: &Daemon, event: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (h, body) = signed_encrypted(event, now_secs());
+    post(d, "enc", &h, body).await
+}
+
+async fn start() -> (FakeFeishu, Daemon) {
+    let fake = FakeFeishu::start(7200).await;
+    let d = Daemon::start(&config(&fake));
+    d.wait_ready().await;
+    (fake, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_signed_event_is_answered_as_a_reply_to_its_message() {
+    let (fake, d) = start().await;
+    let ev = message_event("ev-1", "om_msg_1", "oc_chat_1", "p2p", "Hello Feishu", json!([]));
+    let (s, b) = post_event(&d, &ev).await;
+    assert_eq!(s, 200, "{b}");
+    let replies = fake.wait_replies(1).await;
+    assert_eq!(replies[0].message_id, "om_msg_1");
+    assert_eq!(replies[0].body["msg_type"], "text");
+    let content: serde_json::Value = serde_json::from_str(replies[0].body["content"].as_str().unwrap()).unwrap();
+    assert!(!content["text"].as_str().unwrap().is_empty());
+    assert!(replies[0].body["uuid"].as_str().unwrap().starts_with("sb-"), "sends carry an idempotency uuid");
+    d.wait_metric("switchboard_egress_sends_total{platform=\"feishu\",account=\"enc\",outcome=\"ok\"}", |v| v == 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_verification_plain_and_encrypted() {
+    let (_fake, d) = start().await;
+    let challenge = json!({"challenge": "ch-plain-1", "token": ff::VERIFICATION_TOKEN, "type": "url_verification"});
+    let (s, b) = post(&d, "plain", &[], challenge.to_string()).await;
+    assert_eq!((s, b["challenge"].as_str()), (200, Some("ch-plain-1")));
+    // Encrypted (an encrypt key is set): decrypted, answered in plaintext.
+    let challenge = json!({"challenge": "ch-enc-2", "token": ff::VERIFICATION_TOKEN, "type": "url_verification"});
+    let body = json!({"encrypt": ff::encrypt(&challenge.to_string())}).to_string();
+    let (s, b) = post(&d, "enc", &[], body).await;
+    assert_eq!((s, b["challenge"].as_str()), (200, Some("ch-enc-2")));
+    // Wrong token: refused.
+    let bad = json!({"challenge": "x", "token": "nope", "type": "url_verification"});
+    let (s, _) = post(&d, "plain", &[], bad.to_string()).await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signature_stale_timestamp_and_wrong_token_are_rejected_without_a_reply() {
+    let (fake, d) = start().await;
+    let ev = message_event("ev-bad-1", "om_bad_1", "oc_chat_2", "p2p", "sig", json!([]));
+    let (mut h, body) = signed_encrypted(&ev, now_secs());
+    h[2].1 = "0".repeat(64);
+    assert_eq!(post(&d, "enc", &h, body).await.0, 401);
+    let ev = message_event("ev-bad-2", "om_bad_2", "oc_chat_2", "p2p", "stale", json!([]));
+    let (h, body) = signed_encrypted(&ev, now_secs() - 3600);
+    assert_eq!(post(&d, "enc", &h, body).await.0, 401);
+    let mut ev = message_event("ev-bad-3", "om_bad_3", "oc_chat_2", "p2p", "token", json!([]));
+    ev["header"]["token"] = json!("wrong-token");
+    assert_eq!(post_event(&d, &ev).await.0, 401);
+    assert_eq!(post(&d, "enc", &[], "{not json".into()).await.0, 400);
+    let ev = message_event("ev-ok", "om_ok", "oc_chat_2", "p2p", "fine", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    fake.wait_replies(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.replies().len(), 1);
+    assert_eq!(fake.replies()[0].message_id, "om_ok");
+    for reason in ["bad_signature", "stale_timestamp", "bad_token", "bad_json"] {
+        let v = d.metric(&format!("switchboard_platform_rejected_total{{platform=\"feishu\",account=\"enc\",reason=\"{reason}\"}}")).await;
+        assert_eq!(v, 1.0, "rejections for {reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_gets_one_reply() {
+    let (fake, d) = start().await;
+    let ev = message_event("ev-dup", "om_dup", "oc_chat_3", "p2p", "once", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    fake.wait_replies(1).await;
+    let ev2 = message_event("ev-next", "om_next", "oc_chat_3", "p2p", "next", json!([]));
+    assert_eq!(post_event(&d, &ev2).await.0, 200);
+    fake.wait_replies(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.replies().iter().filter(|r| r.message_id == "om_dup").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_need_the_bot_mentioned() {
+    let (fake, d) = start().await;
+    let other = json!([{"key": "@_user_1", "id": {"open_id": "ou_someone"}, "name": "Someone"}]);
+    let ev = message_event("ev-g1", "om_g1", "oc_group", "group", "@_user_1 not for the bot", other);
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    let bot = json!([{"key": "@_user_1", "id": {"open_id": ff::BOT_OPEN_ID}, "name": "Switchboard"}]);
+    let ev = message_event("ev-g2", "om_g2", "oc_group", "group", "@_user_1 hello bot", bot);
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    fake.wait_replies(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = fake.replies();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].message_id, "om_g2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_refreshed_once_for_concurrent_senders_and_invalid_token_recovered() {
+    // Tokens live 181 s; cached for expire − 3 min, i.e. about 1 s.
+    let fake = FakeFeishu::start(181).await;
+    let d = Daemon::start(&config(&fake));
+    d.wait_ready().await;
+    let ev = message_event("ev-t0", "om_t0", "oc_t", "p2p", "warm up", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    fake.wait_replies(1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = fake.token_fetches();
+    // Five replies at once, to five chats, after the token expired: one refresh between them.
+    for i in 0..5 {
+        let ev = message_event(&format!("ev-t{}", i + 1), &format!("om_t{}", i + 1), &format!("oc_t{i}"), "p2p", "concurrent", json!([]));
+        assert_eq!(post_event(&d, &ev).await.0, 200);
+    }
+    fake.wait_replies(6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fake.token_fetches();
+    assert!(after - before <= 2, "concurrent senders should share a refresh: {before} -> {after}");
+    // The server declares the token invalid: the client refreshes and retries.
+    let fetches = fake.token_fetches();
+    fake.fail_next_reply(ReplyFault::TokenInvalid);
+    let ev = message_event("ev-inv", "om_inv", "oc_inv", "p2p", "invalid token", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fake.replies().iter().any(|r| r.message_id == "om_inv" && fake.token_fetches() > fetches) || fake.replies().iter().filter(|r| r.message_id == "om_inv").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no retry after the token-invalid answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.metric("switchboard_feishu_token_refreshes_total{account=\"enc\"}").await >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answer_is_retried_with_the_same_uuid() {
+    let (fake, d) = start().await;
+    fake.fail_next_reply(ReplyFault::RateLimited);
+    fake.fail_next_reply(ReplyFault::ServerError);
+    let ev = message_event("ev-rl", "om_rl", "oc_rl", "p2p", "hi", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    let r = fake.wait_replies(3).await;
+    assert!(r.iter().all(|x| x.message_id == "om_rl"));
+    assert_eq!(r[0].body["uuid"], r[2].body["uuid"], "a retried send keeps its uuid (idempotent)");
+    d.wait_metric("switchboard_egress_rate_limited_total{platform=\"feishu\",account=\"enc\"}", |v| v == 1.0).await;
+    d.wait_metric("switchboard_egress_sends_total{platform=\"feishu\",account=\"enc\",outcome=\"ok\"}", |v| v == 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_message_types_get_a_short_answer_without_the_model() {
+    let (fake, d) = start().await;
+    let mut ev = message_event("ev-img", "om_img", "oc_img", "p2p", "", json!([]));
+    ev["event"]["message"]["message_type"] = json!("image");
+    ev["event"]["message"]["content"] = json!(json!({"image_key": "img_123"}).to_string());
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    let r = fake.wait_replies(1).await;
+    let content: serde_json::Value = serde_json::from_str(r[0].body["content"].as_str().unwrap()).unwrap();
+    assert_eq!(content["text"], "Sorry, I can only read text messages for now.");
+}
