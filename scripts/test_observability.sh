@@ -5,13 +5,18 @@
 #
 # 1. installs Prometheus (Debian package `prometheus`, which ships promtool) if missing;
 # 2. `promtool check rules` and `promtool test rules` on grafana/alerts/;
-# 3. starts the daemon (tiny model, fault injection on, a small inference queue, a SQLite store
-#    and an admin token in the temp folder, 2 inbox attempts) on a free loopback port, and
-#    Prometheus on another, scraping it every second with the rules loaded;
+# 3. starts fake Telegram Bot API and Feishu Open API servers (scripts/fake_platforms.py), the
+#    daemon (tiny model, fault injection on, a small inference queue, a SQLite store and an
+#    admin token in the temp folder, 2 inbox attempts, one Telegram webhook bot and one Feishu
+#    app pointed at the fakes) on a free loopback port, and Prometheus on another, scraping it
+#    every second with the rules loaded;
 # 4. drives traffic: chats, a streaming chat, a 404, a 400, an inference-worker crash, a
 #    session crash, a message that fails every attempt (retry, dead letter, apology), a
-#    duplicate message_id (409), admin API requests (unauthorized, forbidden, ok) and a burst
-#    that overflows the inference queue (busy);
+#    duplicate message_id (409), admin API requests (unauthorized, forbidden, ok), a burst
+#    that overflows the inference queue (busy), and platform traffic: Telegram webhook updates
+#    (right secret, wrong secret 401, a re-delivery) and plain Feishu events (right and wrong
+#    verification token 401, a re-delivery), with the fakes answering some sends with 429,
+#    5xx and 403 and revoking a Feishu token;
 # 5. runs scripts/check_observability.py, which evaluates every dashboard and alert
 #    expression through Prometheus and checks every metric name against /metrics;
 # 6. checks that the checker fails on copies of dashboards with a misspelt metric.
@@ -37,6 +42,7 @@ fail() {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-obs.XXXXXX")
 DAEMON_PID=
 PROM_PID=
+FAKE_PID=
 POLICY_CREATED=
 
 stop() { # pid name
@@ -62,8 +68,9 @@ cleanup() {
     [ -n "$POLICY_CREATED" ] && rm -f /usr/sbin/policy-rc.d
     stop "$PROM_PID" prometheus
     stop "$DAEMON_PID" switchboard
+    stop "$FAKE_PID" fake_platforms.py
     if [ "$rc" -ne 0 ]; then
-        for f in daemon.log prometheus.log; do
+        for f in daemon.log prometheus.log fake_platforms.log; do
             if [ -s "$WORK/$f" ]; then
                 echo "----- last lines of $f -----" >&2
                 sed 's/\x1b\[[0-9;]*m//g' "$WORK/$f" | grep -v -E '^ +([0-9]+: |at )' | tail -n 40 >&2
@@ -163,6 +170,27 @@ done
 ADMIN_TOKEN="obs-viewer-$RANDOM$RANDOM"
 ADMIN_TOKEN_SHA256=$(printf %s "$ADMIN_TOKEN" | sha256sum | cut -d' ' -f1)
 
+# Fake platform APIs for the Telegram bot and the Feishu app. The first sendMessage is answered
+# with 429 (retry_after 1), so the rate-limit series get data.
+TG_TOKEN="123456:OBS-token_abc"
+TG_SECRET="obs-secret_$RANDOM$RANDOM"
+FS_APP_ID=cli_obs_app
+FS_APP_SECRET="obs-app-secret-$RANDOM"
+FS_VERIFICATION_TOKEN="obs-verification-$RANDOM$RANDOM"
+log "starting the fake Telegram and Feishu APIs"
+# The interpreter itself (not a wrapper such as a pyenv shim), so that FAKE_PID is the server's
+# pid and stopping it on exit does not leave the server running.
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+"$PYTHON" "$ROOT/scripts/fake_platforms.py" --port-file "$WORK/fake_ports.json" --telegram-token "$TG_TOKEN" \
+    --telegram-faults 429 --feishu-app-id "$FS_APP_ID" --feishu-app-secret "$FS_APP_SECRET" \
+    >"$WORK/fake_platforms.log" 2>&1 &
+FAKE_PID=$!
+wait_for 15 "the fake platform APIs" test -s "$WORK/fake_ports.json"
+kill -0 "$FAKE_PID" 2>/dev/null || fail "fake_platforms.py exited at start-up"
+fake_port() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$WORK/fake_ports.json" "$1"; }
+TG_API="http://127.0.0.1:$(fake_port telegram)"
+FS_API="http://127.0.0.1:$(fake_port feishu)"
+
 cat >"$WORK/switchboard.toml" <<EOF
 # Written by scripts/test_observability.sh.
 [server]
@@ -206,6 +234,22 @@ level = "info"
 
 [testing]
 fault_injection = true
+
+# A Telegram bot receiving webhooks (no webhook_url: setWebhook is not called) and a Feishu app
+# with plain events (no encrypt_key: no encryption, no signature), both talking to the fakes.
+[[telegram]]
+account = "obs-tg"
+token = "$TG_TOKEN"
+mode = "webhook"
+secret_token = "$TG_SECRET"
+api_base = "$TG_API"
+
+[[feishu]]
+account = "obs-fs"
+app_id = "$FS_APP_ID"
+app_secret = "$FS_APP_SECRET"
+verification_token = "$FS_VERIFICATION_TOKEN"
+api_base = "$FS_API"
 EOF
 
 log "starting the daemon"
@@ -289,12 +333,114 @@ metrics_have() { # REGEX: true if a line of the daemon's /metrics matches
     grep -q -- "$1" <<<"$text"
 }
 
+fake_faults() { # JSON: queues scripted failures for the next sends at the fake platform APIs
+    curl -fsS --max-time 5 -X POST --data "$1" "$TG_API/_control/faults" >/dev/null || fail "could not queue the faults $1"
+}
+fake_calls() { # the calls the fake platform APIs have seen so far
+    curl -fsS --max-time 5 "$TG_API/_control/calls" 2>/dev/null || echo "(fake_platforms.py is not answering)"
+}
+# telegram_update SECRET UPDATE_ID TEXT: posts a private-chat text update to the bot's webhook
+# with SECRET in X-Telegram-Bot-Api-Secret-Token; prints the status code.
+telegram_update() {
+    local body
+    body=$(python3 -c 'import json, sys; u = int(sys.argv[1]); print(json.dumps({"update_id": u, "message": {
+        "message_id": u * 10, "date": 1700000000, "from": {"id": 7001, "is_bot": False, "first_name": "Obs"},
+        "chat": {"id": 7001, "type": "private", "first_name": "Obs"}, "text": sys.argv[2]}}))' "$2" "$3")
+    curl -sS --max-time 30 -o "$WORK/webhook" -w '%{http_code}' -X POST -H 'content-type: application/json' \
+        -H "X-Telegram-Bot-Api-Secret-Token: $1" --data "$body" "$BASE/webhook/telegram/obs-tg"
+}
+# feishu_event TOKEN EVENT_ID MESSAGE_ID TEXT: posts a plain im.message.receive_v1 event (schema
+# 2.0, a p2p text message) carrying the verification TOKEN; prints the status code.
+feishu_event() {
+    local body
+    body=$(python3 -c 'import json, sys, time; token, event_id, message_id, text, app_id = sys.argv[1:]; print(json.dumps({
+        "schema": "2.0",
+        "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "create_time": str(int(time.time() * 1000)),
+                   "token": token, "app_id": app_id, "tenant_key": "tenant-obs"},
+        "event": {"sender": {"sender_id": {"open_id": "ou_obs_user"}, "sender_type": "user"},
+                  "message": {"message_id": message_id, "chat_id": "oc_obs_chat", "chat_type": "p2p", "message_type": "text",
+                              "content": json.dumps({"text": text}), "mentions": []}}}))' "$1" "$2" "$3" "$4" "$FS_APP_ID")
+    curl -sS --max-time 30 -o "$WORK/webhook" -w '%{http_code}' -X POST -H 'content-type: application/json' \
+        --data "$body" "$BASE/webhook/feishu/obs-fs"
+}
+expect_code() { # GOT WANT WHAT
+    [ "$1" = "$2" ] || fail "$3 answered $1, expected $2: $(head -c 300 "$WORK/webhook")"
+}
+# metric_at_least SERIES N: true if /metrics has the series (name{labels} exactly, in the
+# daemon's label order) with a value of at least N.
+metric_at_least() {
+    local text
+    text=$(curl -fsS --max-time 5 "$BASE/metrics") || return 1
+    awk -v s="$1 " -v n="$2" 'index($0, s) == 1 && $NF + 0 >= n { found = 1 } END { exit !found }' <<<"$text"
+}
+wait_metric() { # SERIES N WHAT
+    local deadline=$(($(date +%s) + 45))
+    until metric_at_least "$1" "$2"; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "timed out waiting for $3 ($1 >= $2); the fake APIs saw $(fake_calls)"
+        sleep 0.3
+    done
+}
+
+# platform_traffic PASS: Telegram webhook updates and Feishu events, and the sends they cause.
+# Each pass: an update / event with the right secret or verification token (answered), the same
+# again (a re-delivery: outcome duplicate), and one with a wrong secret / token (401: bad_secret,
+# bad_token). Pass 1: the fake answers the first sendMessage with 429 (retry_after 1), so the
+# reply is rate-limited, then sent. Pass 2: a 502 (transient, retried) then a 403 (permanent:
+# the reply is dropped) for Telegram; a 429 then a revoked token (the daemon fetches a new one
+# and retries: a token refresh) for Feishu.
+platform_traffic() {
+    local p=$1 code
+    local up='switchboard_platform_updates_total{platform="telegram",account="obs-tg",kind="message",outcome='
+    local fu='switchboard_platform_updates_total{platform="feishu",account="obs-fs",kind="message",outcome='
+    local ts='switchboard_egress_sends_total{platform="telegram",account="obs-tg",outcome='
+    local fs='switchboard_egress_sends_total{platform="feishu",account="obs-fs",outcome='
+    [ "$p" = 1 ] || fake_faults '{"telegram": ["502", "403"], "feishu": ["429", "token_invalid"]}'
+
+    code=$(telegram_update "$TG_SECRET" $((1000 * p + 1)) "hello from telegram, pass $p")
+    expect_code "$code" 200 "a Telegram update with the right secret"
+    code=$(telegram_update "$TG_SECRET" $((1000 * p + 1)) "hello from telegram, pass $p")
+    expect_code "$code" 200 "a re-delivered Telegram update"
+    code=$(telegram_update "wrong-$TG_SECRET" $((1000 * p + 2)) "forged")
+    expect_code "$code" 401 "a Telegram update with a wrong secret"
+    code=$(feishu_event "$FS_VERIFICATION_TOKEN" "ev_obs_$p" "om_obs_$p" "hello from feishu, pass $p")
+    expect_code "$code" 200 "a Feishu event"
+    code=$(feishu_event "$FS_VERIFICATION_TOKEN" "ev_obs_$p" "om_obs_$p" "hello from feishu, pass $p")
+    expect_code "$code" 200 "a re-delivered Feishu event"
+    code=$(feishu_event "wrong-$FS_VERIFICATION_TOKEN" "ev_obs_bad_$p" "om_obs_bad_$p" "forged")
+    expect_code "$code" 401 "a Feishu event with a wrong verification token"
+
+    wait_metric "$up\"handled\"}" "$p" "the Telegram update to be handled"
+    wait_metric "$up\"duplicate\"}" "$p" "the re-delivered Telegram update to count as a duplicate"
+    wait_metric "$fu\"handled\"}" "$p" "the Feishu event to be handled"
+    wait_metric "$fu\"duplicate\"}" "$p" "the re-delivered Feishu event to count as a duplicate"
+    wait_metric 'switchboard_platform_rejected_total{platform="telegram",account="obs-tg",reason="bad_secret"}' "$p" \
+        "the wrong Telegram secret to be counted"
+    wait_metric 'switchboard_platform_rejected_total{platform="feishu",account="obs-fs",reason="bad_token"}' "$p" \
+        "the wrong Feishu verification token to be counted"
+    if [ "$p" = 1 ]; then
+        wait_metric "$ts\"rate_limited\"}" 1 "the Telegram 429 to be counted"
+        wait_metric 'switchboard_egress_rate_limited_total{platform="telegram",account="obs-tg"}' 1 "the Telegram 429 to be counted"
+        wait_metric "$ts\"ok\"}" 1 "the Telegram reply to be sent after the 429"
+        wait_metric "$fs\"ok\"}" 1 "the Feishu reply to be sent"
+        wait_metric 'switchboard_feishu_token_refreshes_total{account="obs-fs"}' 1 "the Feishu token fetch to be counted"
+    else
+        wait_metric "$ts\"transient_error\"}" 1 "the Telegram 502 to be counted"
+        wait_metric "$ts\"permanent_error\"}" 1 "the Telegram 403 to be counted"
+        wait_metric 'switchboard_egress_rate_limited_total{platform="feishu",account="obs-fs"}' 1 "the Feishu 429 to be counted"
+        wait_metric "$fs\"ok\"}" 2 "the Feishu reply to be sent after the 429 and the token refresh"
+        wait_metric 'switchboard_feishu_token_refreshes_total{account="obs-fs"}' 2 "the Feishu token refresh to be counted"
+    fi
+    wait_metric 'switchboard_messages_answered_total{platform="telegram",outcome="ok"}' "$p" "the Telegram message to be answered"
+    wait_metric 'switchboard_messages_answered_total{platform="feishu",outcome="ok"}' "$p" "the Feishu message to be answered"
+}
+
 # traffic PASS: one pass of the whole mix. Histograms (and counters with labels the daemon does
 # not know in advance, such as HTTP routes and statuses) appear in /metrics only when first
 # touched, so Prometheus's first sample of such a series already holds the first pass; the
 # second pass, a few scrapes later, is what makes rate() and histogram_quantile() non-trivial.
 traffic() {
     local p=$1 code round i pid burst
+    platform_traffic "$p"
     chat "{\"conversation\":\"obs-1\",\"user\":\"u1\",\"text\":\"hello there, pass $p\"}" 200 >/dev/null
     chat "{\"conversation\":\"obs-2\",\"user\":\"u2\",\"text\":\"what can you do?\"}" 200 >/dev/null
     chat "{\"conversation\":\"obs-1\",\"user\":\"u1\",\"text\":\"and once more\"}" 200 >/dev/null
@@ -413,3 +559,4 @@ negative() {
 log "negative tests: a dashboard with a misspelt metric must fail the check"
 negative switchboard_inference_queue_dpeth switchboard-inference.json switchboard_inference_queue_depth
 negative switchboard_inbox_dpeth switchboard-overview.json switchboard_inbox_depth
+negative switchboard_egress_sneds_total switchboard-platforms.json switchboard_egress_sends_total

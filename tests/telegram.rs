@@ -132,12 +132,10 @@ async fn model_output_is_html_escaped() {
     assert!(!text.contains(" & ") && !text.contains("<="), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_very_long_answer_is_split_into_messages_of_at_most_4096_characters() {
-    // A copy of the 4k-context tiny model whose generation_config allows 3000 new tokens.
-    let dir = tempfile::tempdir().unwrap();
+/// A copy of the 4k-context tiny model whose generation_config allows 3000 new tokens.
+fn long_answer_model(dir: &std::path::Path) -> std::path::PathBuf {
     let src = common::root().join("models/tiny-4k");
-    let dst = dir.path().join("long");
+    let dst = dir.join("long");
     std::fs::create_dir_all(&dst).unwrap();
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap();
@@ -147,6 +145,49 @@ async fn a_very_long_answer_is_split_into_messages_of_at_most_4096_characters() 
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gc).unwrap()).unwrap();
     v["max_new_tokens"] = json!(3000);
     std::fs::write(&gc, v.to_string()).unwrap();
+    dst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_edits_the_message_as_text_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_answer_model(dir.path());
+    let fake = FakeTelegram::start().await;
+    let cfg = format!("{}stream = true\nstream_interval_ms = 100\n", bot_config(&fake, "webhook"));
+    let d = Daemon::start_with_model(&cfg, &model);
+    d.wait_ready().await;
+    assert_eq!(post_update(&d, Some(SECRET), private_text(700, 7701, "stream a long one")).await, 200);
+    // The answer is over 10,000 characters: the streamed message ends as the first 4096-character
+    // part, the rest follows as new messages.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sends = fake.calls("sendMessage");
+        let edits = fake.calls("editMessageText");
+        let total: usize = edits.last().map(|e| e.body["text"].as_str().unwrap().chars().count()).unwrap_or(0)
+            + sends.iter().skip(1).map(|c| c.body["text"].as_str().unwrap().chars().count()).sum::<usize>();
+        if sends.len() >= 3 && total >= 10_000 {
+            assert!(edits.len() >= 2, "the message is edited while text arrives: {} edits", edits.len());
+            assert_eq!(sends[0].body["reply_parameters"]["message_id"], 7000);
+            assert!(edits.iter().all(|e| e.body["message_id"] == 5001 && e.body["chat_id"] == 7701));
+            let lens: Vec<usize> = edits.iter().map(|e| e.body["text"].as_str().unwrap().chars().count()).collect();
+            let streaming = &lens[..lens.len() - 1];
+            assert!(streaming.windows(2).all(|w| w[0] < w[1]), "edits while streaming only grow: {lens:?}");
+            assert!(lens.iter().all(|&l| l <= 4096));
+            for pair in edits.windows(2) {
+                assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(90), "edits are rate-bounded");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "streaming did not finish: {} sends, {} edits, {total} chars", sends.len(), edits.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.wait_metric("switchboard_inbox_depth", |v| v == 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_very_long_answer_is_split_into_messages_of_at_most_4096_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let dst = long_answer_model(dir.path());
     let fake = FakeTelegram::start().await;
     let cfg = bot_config(&fake, "webhook");
     let d = Daemon::start_with_model(&cfg, &dst);

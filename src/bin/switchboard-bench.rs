@@ -1016,6 +1016,8 @@ async fn main() -> Result<()> {
     eprintln!("  sequential: {}", describe_metrics(&md_seq, seq_wall));
     eprintln!("  concurrent: {}", describe_metrics(&md_conc, conc_wall));
     eprintln!("  streaming:  {}", describe_metrics(&md_stream, stream_wall));
+    let per_round = |v: &[(Round, MetricsDelta)]| v.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
+    let (seq_per_round, conc_per_round, stream_per_round) = (per_round(&seq), per_round(&conc), per_round(&stream));
     let seq_rounds: Vec<Round> = seq.into_iter().map(|(r, _)| r).collect();
     let conc_rounds: Vec<Round> = conc.into_iter().map(|(r, _)| r).collect();
     let stream_rounds: Vec<Round> = stream.into_iter().map(|(r, _)| r).collect();
@@ -1232,6 +1234,8 @@ async fn main() -> Result<()> {
             "concurrent_rounds": conc_rounds,
             "sequential_metrics": md_seq,
             "concurrent_metrics": md_conc,
+            "sequential_metrics_per_round": seq_per_round,
+            "concurrent_metrics_per_round": conc_per_round,
         },
         "b": b_results,
         "c": {
@@ -1247,6 +1251,7 @@ async fn main() -> Result<()> {
             "done_gap_ms": done_gap_ms,
             "rounds": stream_rounds,
             "metrics": md_stream,
+            "metrics_per_round": stream_per_round,
         },
         "raw_ort": raw_by_batch.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>(),
         "disturbed": disturbed,

@@ -65,6 +65,17 @@ pub struct TelegramConfig {
     /// Polling mode: long-poll timeout in seconds.
     #[serde(default = "default_poll_timeout")]
     pub poll_timeout_secs: u64,
+    /// Stream replies: post the first words, then edit the message as text arrives.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming: at most one edit per this many milliseconds (Telegram allows about one
+    /// message update per second per chat).
+    #[serde(default = "default_stream_interval")]
+    pub stream_interval_ms: u64,
+}
+
+fn default_stream_interval() -> u64 {
+    1000
 }
 
 fn default_mode() -> TelegramMode {
@@ -88,6 +99,9 @@ impl TelegramConfig {
             if secret.is_empty() || secret.len() > 256 || !secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 return Err(format!("`{}` must be 1-256 characters of A-Z, a-z, 0-9, _ and -", k("secret_token")));
             }
+        }
+        if self.stream_interval_ms < 100 {
+            return Err(format!("`{}` must be at least 100. Given: {}", k("stream_interval_ms"), self.stream_interval_ms));
         }
         if self.poll_timeout_secs > 50 {
             return Err(format!("`{}` must be at most 50. Given: {}", k("poll_timeout_secs"), self.poll_timeout_secs));

@@ -41,6 +41,19 @@ pub trait PlatformSender: Send + Sync + 'static {
     async fn send(&self, route: &Value, chunk: &str, key: &str, first: bool) -> Result<(), SendError>;
     /// Shows "typing…" where the platform has it.
     async fn typing(&self, _route: &Value) {}
+    /// Whether replies are streamed (sent early, then edited as text arrives).
+    fn streams(&self) -> bool {
+        false
+    }
+    /// How often a streamed message may be edited.
+    fn stream_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    /// Streaming: posts the first version of a reply (`handle` is `None`) or edits it to `text`
+    /// (`handle` is what the first call returned). `text` fits one message.
+    async fn stream_update(&self, _route: &Value, _handle: Option<&Value>, _text: &str) -> Result<Value, SendError> {
+        Err(SendError::Permanent("this platform does not stream".into()))
+    }
 }
 
 /// Registered name of an egress actor.
@@ -62,6 +75,9 @@ pub enum EgressMsg {
     Reply { route: Value, text: String, inbox_id: Option<i64> },
     /// Show a typing indicator.
     Typing { route: Value },
+    /// Stream a reply as it is generated: text deltas arrive on `deltas`; when it closes,
+    /// `done` says whether generation succeeded (the final text is then sent in full).
+    Stream { route: Value, deltas: tokio::sync::mpsc::UnboundedReceiver<String>, done: tokio::sync::oneshot::Receiver<bool>, inbox_id: Option<i64> },
 }
 
 pub struct EgressState {
@@ -76,6 +92,11 @@ impl Actor for EgressActor {
     type Arguments = EgressArgs;
 
     async fn pre_start(&self, _myself: ActorRef<EgressMsg>, args: EgressArgs) -> Result<EgressState, ActorProcessingErr> {
+        if args.sender.streams() {
+            if let Ok(mut s) = STREAMING.write() {
+                s.insert(egress_name(args.sender.platform(), args.sender.account()));
+            }
+        }
         Ok(EgressState { sender: args.sender, store: args.store, max_attempts: args.max_attempts.max(1) })
     }
 
@@ -114,6 +135,10 @@ impl Actor for EgressActor {
                     }
                 });
             }
+            EgressMsg::Stream { route, deltas, done, inbox_id } => {
+                let (sender, store, max_attempts) = (state.sender.clone(), state.store.clone(), state.max_attempts);
+                tokio::spawn(stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts));
+            }
             EgressMsg::Typing { route } => {
                 let sender = state.sender.clone();
                 tokio::spawn(async move { sender.typing(&route).await });
@@ -151,6 +176,137 @@ async fn deliver(sender: &dyn PlatformSender, route: &Value, chunk: &str, key: &
         }
     }
     Err("gave up: still rate-limited".into())
+}
+
+/// Streams one reply: the first text is posted, then the message is edited at most every
+/// `stream_interval` while text arrives; at the end it is edited to the final text's first
+/// chunk and any further chunks follow as new messages. Edits that fail are skipped (the next
+/// one carries all the text); the final edit is retried like a send.
+async fn stream_reply(
+    sender: Arc<dyn PlatformSender>,
+    store: Arc<dyn Store>,
+    route: Value,
+    mut deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
+    done: tokio::sync::oneshot::Receiver<bool>,
+    inbox_id: Option<i64>,
+    max_attempts: u32,
+) {
+    let (platform, account) = (sender.platform(), sender.account().to_string());
+    let interval = sender.stream_interval();
+    let mut text = String::new();
+    let mut shown = String::new();
+    let mut handle: Option<Value> = None;
+    let mut last_edit = Instant::now() - interval;
+    loop {
+        let next = tokio::time::timeout(interval, deltas.recv()).await;
+        match next {
+            Ok(Some(d)) => text.push_str(&d),
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        if text.trim().is_empty() || text == shown || last_edit.elapsed() < interval {
+            continue;
+        }
+        // While streaming, show the text as long as it fits one message; past that, the
+        // message waits for the final split (so it never shrinks mid-stream).
+        let mut chunks = sender.chunks(&text);
+        if chunks.len() != 1 {
+            continue;
+        }
+        let first = chunks.remove(0);
+        if first == shown {
+            continue;
+        }
+        let wait = sender.reserve(&route);
+        tokio::time::sleep(wait).await;
+        let started = Instant::now();
+        let r = sender.stream_update(&route, handle.as_ref(), &first).await;
+        telemetry::egress_send(platform, &account, outcome(&r.as_ref().map(|_| ()).map_err(Clone::clone)), started.elapsed());
+        match r {
+            Ok(h) => {
+                handle.get_or_insert(h);
+                shown = first;
+            }
+            Err(e) => tracing::debug!(platform, error = ?e, "A streaming update failed; the next one carries all the text."),
+        }
+        last_edit = Instant::now();
+    }
+    let succeeded = done.await.unwrap_or(false);
+    if !succeeded {
+        // The session sends the apology; leave what was streamed.
+        return;
+    }
+    let chunks = sender.chunks(&text);
+    let mut failure = None;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let key = format!("sb-{}-{i}", inbox_id.unwrap_or_default());
+        let result = if i == 0 {
+            if *chunk == shown && handle.is_some() {
+                Ok(())
+            } else {
+                let mut res = Err("no attempt".to_string());
+                for _ in 0..max_attempts {
+                    tokio::time::sleep(sender.reserve(&route)).await;
+                    match sender.stream_update(&route, handle.as_ref(), chunk).await {
+                        Ok(h) => {
+                            handle.get_or_insert(h);
+                            res = Ok(());
+                            break;
+                        }
+                        Err(SendError::RetryAfter(d)) => tokio::time::sleep(d).await,
+                        Err(SendError::Transient(e)) => res = Err(e),
+                        Err(SendError::Permanent(e)) => {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                }
+                res
+            }
+        } else {
+            tokio::time::sleep(sender.reserve(&route)).await;
+            deliver(&*sender, &route, chunk, &key, false, max_attempts).await
+        };
+        if let Err(e) = result {
+            failure = Some(e);
+            break;
+        }
+    }
+    if let Some(id) = inbox_id {
+        let (status, err) = match &failure {
+            None => (InboxStatus::Done, None),
+            Some(e) => (InboxStatus::Rejected, Some(e.as_str())),
+        };
+        if let Err(e) = store.inbox_finish(id, status, err).await {
+            tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
+        }
+    }
+}
+
+/// Whether the platform account streams replies.
+pub fn streams(platform: &str, account: &str) -> bool {
+    STREAMING.read().map(|s| s.contains(&egress_name(platform, account))).unwrap_or(false)
+}
+
+/// Egress actors that stream, registered when they start.
+static STREAMING: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<String>>> = std::sync::LazyLock::new(Default::default);
+
+/// Starts streaming a reply; returns the delta sender and the completion signal, or `None` when
+/// the account does not stream.
+pub fn start_stream(
+    platform: &str,
+    account: &str,
+    route: Value,
+    inbox_id: Option<i64>,
+) -> Option<(tokio::sync::mpsc::UnboundedSender<String>, tokio::sync::oneshot::Sender<bool>)> {
+    if !streams(platform, account) {
+        return None;
+    }
+    let e = ActorRef::<EgressMsg>::where_is(egress_name(platform, account))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    e.cast(EgressMsg::Stream { route, deltas: rx, done: done_rx, inbox_id }).ok()?;
+    Some((tx, done_tx))
 }
 
 fn outcome(r: &Result<(), SendError>) -> &'static str {

@@ -267,6 +267,37 @@ impl PlatformSender for TelegramSender {
         Err(SendError::Permanent("the message could not be sent after falling back".into()))
     }
 
+    fn streams(&self) -> bool {
+        self.bot.config.stream
+    }
+
+    fn stream_interval(&self) -> Duration {
+        Duration::from_millis(self.bot.config.stream_interval_ms)
+    }
+
+    async fn stream_update(&self, route: &Value, handle: Option<&Value>, text: &str) -> Result<Value, SendError> {
+        let (chat_id, thread, message_id, _) = route_chat(route);
+        match handle.and_then(Value::as_i64) {
+            None => {
+                let msg = SendMessage {
+                    chat_id,
+                    text: escape_html(text),
+                    parse_mode: Some("HTML"),
+                    message_thread_id: thread,
+                    reply_to_message_id: message_id,
+                };
+                self.bot.api.send_message(&msg).await.map(|m| json!(m.message_id)).map_err(send_error)
+            }
+            Some(sent) => self
+                .bot
+                .api
+                .edit_message_text(chat_id, sent, &escape_html(text), Some("HTML"))
+                .await
+                .map(|()| json!(sent))
+                .map_err(send_error),
+        }
+    }
+
     async fn typing(&self, route: &Value) {
         let (chat, thread, _, _) = route_chat(route);
         if let Err(e) = self.bot.api.send_chat_action(chat, thread, "typing").await {

@@ -67,6 +67,8 @@ pub struct SessionState {
     last_active: Instant,
     /// Router sequence number of the last message received.
     last_seq: u64,
+    /// Whether the last answer was streamed to the platform (its egress then finishes it).
+    streamed: bool,
 }
 
 const HELP: &str = "Commands: /reset (start a fresh conversation; the old one is kept for audit) & /help (this text). Anything else -> the assistant. Long answers arrive in parts of <= 4096 characters.";
@@ -96,6 +98,7 @@ impl Actor for SessionActor {
             waiting_retry: false,
             last_active: Instant::now(),
             last_seq: 0,
+            streamed: false,
         })
     }
 
@@ -140,6 +143,7 @@ impl SessionState {
     /// Handles queued messages in order until the queue is empty or one waits for a retry.
     async fn drain(&mut self, myself: &ActorRef<SessionMsg>) {
         while !self.queue.is_empty() {
+            self.streamed = false;
             let result = self.answer_front().await;
             self.last_active = Instant::now();
             let (inbox_id, has_caller, attempts) = {
@@ -151,6 +155,8 @@ impl SessionState {
                     let p = self.queue.front().expect("front exists");
                     match p.request.route.clone() {
                         // The egress marks the inbox entry done once the platform has the reply.
+                        // Streamed: the egress already has the whole text and finishes the inbox entry.
+                        Some(_) if self.streamed => {}
                         Some(route) => {
                             if !egress::send_reply(p.request.platform, &p.request.account, route, reply.reply.clone(), inbox_id) {
                                 tracing::error!(platform = p.request.platform, account = %p.request.account, "No egress for this platform account; the reply was not sent.");
@@ -277,17 +283,38 @@ impl SessionState {
         let prompt = self.build_prompt(req)?;
         let prompt_tokens = prompt.len();
         let mut events = self.inference.submit(prompt, &req.options)?;
+        // A platform account that streams gets the text as it is generated.
+        let mut stream = match &req.route {
+            Some(route) if req.deltas.is_none() => egress::start_stream(req.platform, &req.account, route.clone(), req.inbox_id),
+            _ => None,
+        };
         let mut reply = String::new();
+        let mut streamed = false;
         let summary = loop {
             match events.recv().await {
                 Some(GenEvent::Delta(d)) => {
                     if let Some(tx) = &req.deltas {
                         let _ = tx.send(d.clone());
                     }
+                    if let Some((tx, _)) = &stream {
+                        let _ = tx.send(d.clone());
+                    }
                     reply.push_str(&d);
                 }
-                Some(GenEvent::Done(summary)) => break summary,
-                Some(GenEvent::Failed(e)) => return Err(e.into()),
+                Some(GenEvent::Done(summary)) => {
+                    if let Some((tx, done)) = stream.take() {
+                        drop(tx);
+                        let _ = done.send(true);
+                        streamed = true;
+                    }
+                    break summary;
+                }
+                Some(GenEvent::Failed(e)) => {
+                    if let Some((_, done)) = stream.take() {
+                        let _ = done.send(false);
+                    }
+                    return Err(e.into());
+                }
                 None => return Err(InferenceError::Unavailable("the inference layer stopped".into()).into()),
             }
         };
@@ -297,6 +324,7 @@ impl SessionState {
             Turn { role: "assistant", user: String::new(), content: reply.clone() },
         ];
         self.store.save_turns(&self.key, &self.hash, &self.platform, &turns).await.map_err(|e| ChatError::Storage(e.to_string()))?;
+        self.streamed = streamed;
         let reply = ChatReply {
             conversation: req.conversation.clone(),
             reply,
