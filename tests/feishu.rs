@@ -186,3 +186,45 @@ async fn unsupported_message_types_get_a_short_answer_without_the_model() {
     let content: serde_json::Value = serde_json::from_str(r[0].body["content"].as_str().unwrap()).unwrap();
     assert_eq!(content["text"], "Sorry, I can only read text messages for now.");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_updates_a_markdown_card_at_a_bounded_rate() {
+    // The 4k-context tiny model with room for a long answer, so the stream takes a while.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("long");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(common::root().join("models/tiny-4k")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let gc = model.join("generation_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gc).unwrap()).unwrap();
+    v["max_new_tokens"] = json!(1000);
+    std::fs::write(&gc, v.to_string()).unwrap();
+    let fake = FakeFeishu::start(7200).await;
+    let cfg = config(&fake).replacen("api_base", "stream = true\nstream_interval_ms = 100\napi_base", 1);
+    let d = Daemon::start_with_model(&cfg, &model);
+    d.wait_ready().await;
+    let ev = message_event("ev-stream", "om_stream", "oc_stream", "p2p", "stream please", json!([]));
+    assert_eq!(post_event(&d, &ev).await.0, 200);
+    d.wait_metric("switchboard_inbox_depth", |v| v == 0.0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.patches().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "expected card updates, got {:?}", fake.patches());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replies = fake.replies();
+    assert_eq!(replies[0].message_id, "om_stream");
+    assert_eq!(replies[0].body["msg_type"], "interactive");
+    let patches = fake.patches();
+    assert!(patches.iter().all(|p| p.message_id == "om_reply_1"), "updates go to the card that was posted");
+    let text_of = |p: &common::feishu_fake::Reply| -> String {
+        let card: serde_json::Value = serde_json::from_str(p.body["content"].as_str().unwrap()).unwrap();
+        card["elements"][0]["content"].as_str().unwrap().to_string()
+    };
+    let lens: Vec<usize> = patches.iter().map(|p| text_of(p).len()).collect();
+    assert!(lens.windows(2).all(|w| w[0] <= w[1]), "the card only grows: {lens:?}");
+    for pair in patches.windows(2) {
+        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(90), "updates are rate-bounded");
+    }
+}

@@ -45,6 +45,8 @@ struct Inner {
     replies: Vec<Reply>,
     faults: VecDeque<ReplyFault>,
     next: u64,
+    /// Card updates (PATCH).
+    patches: Vec<Reply>,
 }
 
 #[derive(Clone)]
@@ -70,6 +72,7 @@ impl FakeFeishu {
             replies: Vec::new(),
             faults: VecDeque::new(),
             next: 0,
+            patches: Vec::new(),
         }));
         let i1 = inner.clone();
         let token = warp::path!("open-apis" / "auth" / "v3" / "tenant_access_token" / "internal")
@@ -118,9 +121,23 @@ impl FakeFeishu {
                 g.next += 1;
                 json_resp(json!({"code": 0, "msg": "success", "data": {"message_id": format!("om_reply_{}", g.next)}}), 200)
             });
+        let i4 = inner.clone();
+        let patch = warp::path!("open-apis" / "im" / "v1" / "messages" / String)
+            .and(warp::patch())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::json())
+            .map(move |mid: String, auth: Option<String>, body: Value| {
+                let mut g = i4.lock().unwrap();
+                let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default().to_string();
+                if !g.valid.contains(&token) {
+                    return json_resp(json!({"code": 99991663, "msg": "Invalid access token for authorization."}), 400);
+                }
+                g.patches.push(Reply { message_id: mid, body, token, at: Instant::now() });
+                json_resp(json!({"code": 0, "msg": "success", "data": {}}), 200)
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(warp::serve(token.or(bot).or(reply)).incoming(listener).run());
+        tokio::spawn(warp::serve(token.or(bot).or(reply).or(patch)).incoming(listener).run());
         FakeFeishu { inner, addr }
     }
 
@@ -134,6 +151,10 @@ impl FakeFeishu {
 
     pub fn replies(&self) -> Vec<Reply> {
         self.inner.lock().unwrap().replies.clone()
+    }
+
+    pub fn patches(&self) -> Vec<Reply> {
+        self.inner.lock().unwrap().patches.clone()
     }
 
     pub fn fail_next_reply(&self, f: ReplyFault) {

@@ -146,6 +146,16 @@ pub struct FeishuConfig {
     /// Signed requests older or newer than this are refused (replay protection).
     #[serde(default = "default_skew")]
     pub max_skew_secs: u64,
+    /// Stream replies as an interactive card (Markdown) updated as text arrives.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming: at most one card update per this many milliseconds.
+    #[serde(default = "default_feishu_stream_interval")]
+    pub stream_interval_ms: u64,
+}
+
+fn default_feishu_stream_interval() -> u64 {
+    1000
 }
 
 fn default_feishu_api() -> String {
@@ -161,6 +171,9 @@ impl FeishuConfig {
         check_account(&self.account, &k("account"))?;
         if self.app_id.is_empty() {
             return Err(format!("`{}` must not be empty", k("app_id")));
+        }
+        if self.stream_interval_ms < 100 {
+            return Err(format!("`{}` must be at least 100. Given: {}", k("stream_interval_ms"), self.stream_interval_ms));
         }
         if self.verification_token.is_empty() {
             return Err(format!("`{}` must not be empty", k("verification_token")));

@@ -245,6 +245,8 @@ async fn stream_reply(
                 Ok(())
             } else {
                 let mut res = Err("no attempt".to_string());
+                // The final update keeps the same pace as the streaming ones.
+                tokio::time::sleep_until((last_edit + interval).into()).await;
                 for _ in 0..max_attempts {
                     tokio::time::sleep(sender.reserve(&route)).await;
                     match sender.stream_update(&route, handle.as_ref(), chunk).await {

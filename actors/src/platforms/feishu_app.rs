@@ -225,15 +225,49 @@ impl PlatformSender for FeishuSender {
         self.limiter.lock().expect("limiter").reserve(chat, route["group"].as_bool().unwrap_or(false), Instant::now())
     }
 
+    fn streams(&self) -> bool {
+        self.app.config.stream
+    }
+
+    fn stream_interval(&self) -> Duration {
+        Duration::from_millis(self.app.config.stream_interval_ms)
+    }
+
+    /// Streaming posts an interactive card (Markdown) as the reply, then updates that card.
+    async fn stream_update(&self, route: &Value, handle: Option<&Value>, text: &str) -> Result<Value, SendError> {
+        let card = markdown_card(text);
+        let result = match handle.and_then(Value::as_str) {
+            None => {
+                let message_id = route["message_id"].as_str().unwrap_or_default();
+                self.app.api.reply(message_id, "interactive", &card, "").await.map(Value::String)
+            }
+            Some(sent) => {
+                let body = json!({"content": card});
+                let path = format!("/open-apis/im/v1/messages/{sent}");
+                self.app.api.call(reqwest::Method::PATCH, &path, Some(&body)).await.map(|_| Value::String(sent.to_string()))
+            }
+        };
+        self.app.record_refreshes();
+        result.map_err(fs_send_error)
+    }
+
     async fn send(&self, route: &Value, chunk: &str, key: &str, _first: bool) -> Result<(), SendError> {
         let message_id = route["message_id"].as_str().unwrap_or_default();
         let result = self.app.api.reply(message_id, "text", &text_content(chunk), key).await;
         self.app.record_refreshes();
-        match result {
-            Ok(_) => Ok(()),
-            Err(FsError::RateLimited { retry_after }) => Err(SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1)))),
-            Err(e @ (FsError::TokenInvalid | FsError::Transient(_))) => Err(SendError::Transient(e.to_string())),
-            Err(e @ FsError::Permanent { .. }) => Err(SendError::Permanent(e.to_string())),
-        }
+        result.map(drop).map_err(fs_send_error)
     }
+}
+
+fn fs_send_error(e: FsError) -> SendError {
+    match e {
+        FsError::RateLimited { retry_after } => SendError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1))),
+        e @ (FsError::TokenInvalid | FsError::Transient(_)) => SendError::Transient(e.to_string()),
+        e @ FsError::Permanent { .. } => SendError::Permanent(e.to_string()),
+    }
+}
+
+/// An interactive card holding `text` as Markdown, updatable (`update_multi`).
+pub fn markdown_card(text: &str) -> String {
+    json!({"config": {"wide_screen_mode": true, "update_multi": true}, "elements": [{"tag": "markdown", "content": text}]}).to_string()
 }
