@@ -93,6 +93,11 @@ async fn metrics_change_after_a_request() {
         common::sum_metric(&text, "switchboard_inference_tokens_total{kind=\"generated\"}"),
         before_tok + body["tokens"].as_f64().unwrap()
     );
+    // JSON logs: the message's log lines carry its conversation and inbox id (a span).
+    let logs = d.log_text();
+    let line = logs.lines().find(|l| l.contains("Answered a message.")).expect("an info line per answered message");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(v["span"]["conversation"].is_string() && v["span"]["inbox_id"].as_i64().unwrap() > 0, "{line}");
     for name in [
         "switchboard_reply_latency_seconds_bucket",
         "switchboard_inference_duration_seconds_count",

@@ -328,19 +328,25 @@ struct Daemon {
     child: Child,
     base: String,
     config_path: PathBuf,
+    /// The daemon's own SQLite database (a fresh one per daemon, never the project's `data/`).
+    db_path: PathBuf,
     log_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Daemon {
     fn start(args: &Args, model: &Path, ort_lib: &Path, name: &str, max_batch: usize, max_wait_ms: u64) -> Result<Daemon> {
-        let config_path = std::env::temp_dir().join(format!("switchboard-bench-{}-{name}.toml", std::process::id()));
+        let stem = std::env::temp_dir().join(format!("switchboard-bench-{}-{name}", std::process::id()));
+        let config_path = stem.with_extension("toml");
+        let db_path = stem.with_extension("db");
+        remove_db(&db_path);
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\npath = {model}\nonnxruntime_lib = {lib}\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\npath = {model}\nonnxruntime_lib = {lib}\n\n[storage]\npath = {db}\n\n\
              [inference]\nworkers = 1\nintra_op_threads = {threads}\nmax_batch = {max_batch}\nmax_wait_ms = {max_wait_ms}\n\
              max_queue = 1024\nrequest_timeout_ms = 300000\nmax_new_tokens = {new}\nexecution_provider = \"cpu\"\n\n\
              [sessions]\nsystem_prompt = \"\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,switchboard::daemon=info\"\n",
             model = toml_str(&model.to_string_lossy()),
             lib = toml_str(&ort_lib.to_string_lossy()),
+            db = toml_str(&db_path.to_string_lossy()),
             threads = args.threads,
             new = args.new_tokens,
         );
@@ -380,7 +386,7 @@ impl Daemon {
                 }
             });
         }
-        let mut daemon = Daemon { child, base: String::new(), config_path, log_tail };
+        let mut daemon = Daemon { child, base: String::new(), config_path, db_path, log_tail };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
@@ -415,6 +421,15 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
+        remove_db(&self.db_path);
+    }
+}
+
+fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
     }
 }
 
@@ -900,6 +915,16 @@ fn verdict(met: bool) -> &'static str {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Dropping `run` on a signal drops the running daemon, which kills it.
+    tokio::select! {
+        r = run(args) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     if args.requests == 0 || args.new_tokens == 0 || args.repeats == 0 || args.threads == 0 {
         bail!("--requests, --new-tokens, --repeats and --threads must be at least 1");

@@ -114,7 +114,8 @@ impl Actor for EgressActor {
                 let sender = state.sender.clone();
                 let store = state.store.clone();
                 let max_attempts = state.max_attempts;
-                tokio::spawn(async move {
+                let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0));
+                tokio::spawn(tracing::Instrument::instrument(async move {
                     let key_base = inbox_id.map(|i| format!("sb-{i}")).unwrap_or_else(|| format!("sb-x{}", rand::random::<u32>()));
                     let mut failure = None;
                     for (i, (at, chunk)) in plan.into_iter().enumerate() {
@@ -133,11 +134,12 @@ impl Actor for EgressActor {
                             tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
                         }
                     }
-                });
+                }, span));
             }
             EgressMsg::Stream { route, deltas, done, inbox_id } => {
                 let (sender, store, max_attempts) = (state.sender.clone(), state.store.clone(), state.max_attempts);
-                tokio::spawn(stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts));
+                let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0), stream = true);
+                tokio::spawn(tracing::Instrument::instrument(stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts), span));
             }
             EgressMsg::Typing { route } => {
                 let sender = state.sender.clone();

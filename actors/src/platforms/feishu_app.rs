@@ -253,7 +253,12 @@ impl PlatformSender for FeishuSender {
 
     async fn send(&self, route: &Value, chunk: &str, key: &str, _first: bool) -> Result<(), SendError> {
         let message_id = route["message_id"].as_str().unwrap_or_default();
-        let result = self.app.api.reply(message_id, "text", &text_content(chunk), key).await;
+        // Markdown-rich answers go out as an interactive card, which renders Markdown.
+        let result = if looks_like_markdown(chunk) {
+            self.app.api.reply(message_id, "interactive", &markdown_card(chunk), key).await
+        } else {
+            self.app.api.reply(message_id, "text", &text_content(chunk), key).await
+        };
         self.app.record_refreshes();
         result.map(drop).map_err(fs_send_error)
     }
@@ -267,7 +272,36 @@ fn fs_send_error(e: FsError) -> SendError {
     }
 }
 
+/// Whether `text` uses Markdown that plain text would show as raw markup: code fences, bold,
+/// headings, links or lists.
+pub fn looks_like_markdown(text: &str) -> bool {
+    text.contains("```")
+        || text.contains("**")
+        || (text.contains("](") && text.contains('['))
+        || text.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with("# ") || t.starts_with("## ") || t.starts_with("### ") || t.starts_with("- ") || t.starts_with("* ") || t.starts_with("1. ")
+        })
+}
+
 /// An interactive card holding `text` as Markdown, updatable (`update_multi`).
 pub fn markdown_card(text: &str) -> String {
     json!({"config": {"wide_screen_mode": true, "update_multi": true}, "elements": [{"tag": "markdown", "content": text}]}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_detection() {
+        assert!(looks_like_markdown("Use **bold** here"));
+        assert!(looks_like_markdown("Steps:\n- one\n- two"));
+        assert!(looks_like_markdown("```rust\nfn main() {}\n```"));
+        assert!(looks_like_markdown("see [docs](https://example.com)"));
+        assert!(!looks_like_markdown("Just a plain answer - with a dash and 2*3=6."));
+        let card: Value = serde_json::from_str(&markdown_card("# Title")).unwrap();
+        assert_eq!(card["elements"][0]["tag"], "markdown");
+        assert_eq!(card["elements"][0]["content"], "# Title");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use super::router::{ROUTER_NAME, RouterMsg};
 use super::{ChatError, ChatReply, ChatRequest, InboxConfig, InboxPayload, SessionConfig};
@@ -144,7 +145,12 @@ impl SessionState {
     async fn drain(&mut self, myself: &ActorRef<SessionMsg>) {
         while !self.queue.is_empty() {
             self.streamed = false;
-            let result = self.answer_front().await;
+            // Every log line of this message's path carries its conversation and inbox id.
+            let span = {
+                let r = &self.queue.front().expect("front").request;
+                tracing::info_span!("message", conversation = %self.hash, inbox_id = r.inbox_id.unwrap_or(0), platform = r.platform, attempt = r.attempts + 1)
+            };
+            let result = self.answer_front().instrument(span.clone()).await;
             self.last_active = Instant::now();
             let (inbox_id, has_caller, attempts) = {
                 let p = self.queue.front().expect("front exists");
@@ -333,6 +339,7 @@ impl SessionState {
             finish_reason: Some(summary.finish_reason),
             latency: req.accepted_at.elapsed(),
         };
+        tracing::info!(tokens = reply.tokens, prompt_tokens, latency_ms = reply.latency.as_millis() as u64, "Answered a message.");
         let user_text = req.text.clone();
         self.push_turn(ChatMessage::new("user", user_text));
         self.push_turn(ChatMessage::new("assistant", reply.reply.clone()));
