@@ -138,35 +138,93 @@ fn rusqlite_like_exec(db: &std::path::Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-#[tokio::test]
-async fn accepted_message_survives_a_crash_and_is_answered_after_restart() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_messages_survive_a_crash_and_each_gets_exactly_one_reply_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!("{}{}", storage(dir.path()), token_config());
     let d = Daemon::start(&cfg);
     d.wait_ready().await;
-    let mut resp = d
-        .client
-        .post(d.url("/api/v1/chat"))
-        .json(&serde_json::json!({"conversation": "crash", "user": "u", "text": "please survive", "stream": true, "max_new_tokens": 400}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = String::new();
-    while !body.contains("event:delta") {
-        let chunk = resp.chunk().await.unwrap().expect("stream");
-        body.push_str(&String::from_utf8_lossy(&chunk));
+    let mut streams = Vec::new();
+    for conv in ["crash-a", "crash-b", "crash-c"] {
+        let resp = d
+            .client
+            .post(d.url("/api/v1/chat"))
+            .json(&serde_json::json!({"conversation": conv, "user": "u", "text": format!("please survive {conv}"), "stream": true, "max_new_tokens": 400}))
+            .send()
+            .await
+            .unwrap();
+        streams.push(resp);
     }
-    // Kill -9 mid-generation: the message was accepted (stored) but not answered.
+    // Every message is accepted (stored) and being generated once its first delta arrives.
+    for resp in streams.iter_mut() {
+        let mut body = String::new();
+        while !body.contains("event:delta") {
+            let chunk = resp.chunk().await.unwrap().expect("stream");
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    // Kill -9 mid-generation: accepted but not answered.
     d.signal("KILL");
-    drop(resp);
+    drop(streams);
     drop(d);
     let d = Daemon::start(&cfg);
     d.wait_ready().await;
-    let b = wait_messages(&d, "http:crash", 2).await;
-    assert_eq!(b["messages"][0]["content"], "please survive");
-    assert_eq!(b["messages"][1]["role"], "assistant");
-    assert!(d.log_text().contains("Replaying messages accepted before the last stop."));
+    for conv in ["crash-a", "crash-b", "crash-c"] {
+        let b = wait_messages(&d, &format!("http:{conv}"), 2).await;
+        assert_eq!(b["messages"][0]["content"], format!("please survive {conv}"));
+        assert_eq!(b["messages"][1]["role"], "assistant");
+    }
     d.wait_metric("switchboard_inbox_depth", |v| v == 0.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for conv in ["crash-a", "crash-b", "crash-c"] {
+        let b = wait_messages(&d, &format!("http:{conv}"), 2).await;
+        assert_eq!(b["messages"].as_array().unwrap().len(), 2, "exactly one reply for {conv}: {b}");
+    }
+    assert!(d.log_text().contains("Replaying messages accepted before the last stop."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_conversation_is_handled_in_order_and_different_ones_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&format!("{}{}[inference]\nmax_wait_ms = 50\n", storage(dir.path()), token_config()));
+    d.wait_ready().await;
+    // Five messages at once to one conversation: answered one after the other, each seeing
+    // the previous exchanges (so every prompt is longer than the one before).
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (client, url) = (d.client.clone(), d.url("/api/v1/chat"));
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&serde_json::json!({"conversation": "order", "user": "u", "text": format!("message {i}")})).send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }));
+    }
+    let mut prompts = Vec::new();
+    for t in tasks {
+        prompts.push(t.await.unwrap()["prompt_tokens"].as_u64().unwrap());
+    }
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 5, "each message saw a different history: {prompts:?}");
+    let b = wait_messages(&d, "http:order", 10).await;
+    let roles: Vec<&str> = b["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant"].repeat(5), "every question is followed by its own answer");
+
+    // Different conversations run in parallel: their sequences share decode steps.
+    let before_sum = d.metric("switchboard_inference_batch_size_sum{phase=\"decode\"}").await;
+    let before_count = d.metric("switchboard_inference_batch_size_count{phase=\"decode\"}").await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (client, url) = (d.client.clone(), d.url("/api/v1/chat"));
+        tasks.push(tokio::spawn(async move {
+            client.post(url).json(&serde_json::json!({"conversation": format!("par-{i}"), "user": "u", "text": "hello", "max_new_tokens": 64})).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let sum = d.metric("switchboard_inference_batch_size_sum{phase=\"decode\"}").await - before_sum;
+    let count = d.metric("switchboard_inference_batch_size_count{phase=\"decode\"}").await - before_count;
+    assert!(sum / count > 1.5, "four conversations should share decode steps (mean batch {})", sum / count);
 }
 
 #[tokio::test]
