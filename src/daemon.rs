@@ -145,9 +145,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
     replay_inbox(&state, started_ms).await?;
     tokio::spawn(inbox_gauges(store.clone()));
-    let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
-        .await
-        .with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
+    let listener = listen(cfg.listen_addr()).with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = warp::serve(http::routes(state.clone()))
@@ -185,6 +183,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), root_done).await;
     tracing::info!("Switchboard stopped.");
     Ok(())
+}
+
+/// Binds the listener with TCP_NODELAY, which Linux passes on to accepted sockets: without it
+/// Nagle's algorithm holds small streamed (SSE) writes until the client's delayed ACK (~40 ms).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Opens the configured store (SQLite file or PostgreSQL).

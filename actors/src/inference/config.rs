@@ -42,7 +42,7 @@ impl Default for InferenceConfig {
             workers: 1,
             intra_op_threads: 2,
             max_batch: 16,
-            max_wait_ms: 5,
+            max_wait_ms: 20,
             max_queue: 256,
             request_timeout_ms: 60_000,
             max_new_tokens: 64,

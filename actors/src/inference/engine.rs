@@ -128,9 +128,10 @@ impl Engine {
         }
         // Sample the first token of each new row.
         let mut exits = Vec::new();
+        let mut all_logits = out.last_logits;
         for (i, row) in new_rows.iter_mut().enumerate() {
-            let mut logits = out.last_logits[i * vocab..(i + 1) * vocab].to_vec();
-            if let Some(exit) = self.accept_token(row, &mut logits) {
+            let logits = &mut all_logits[i * vocab..(i + 1) * vocab];
+            if let Some(exit) = self.accept_token(row, logits) {
                 exits.push((i, exit));
             }
         }
@@ -148,7 +149,11 @@ impl Engine {
             done.push(row.req.id);
             self.finish(row, exit);
         }
-        if !survivors.is_empty() {
+        if !survivors.is_empty() && self.cache.is_none() && survivors.len() == n {
+            // Nothing was running and every newcomer goes on: the prefill's cache is the batch's.
+            self.cache = Some(out.cache);
+            self.rows.extend(survivors);
+        } else if !survivors.is_empty() {
             let new_cache = out.cache;
             let old_rows = self.rows.len();
             let len = self.cache.as_ref().map(|c| c.len).unwrap_or(0).max(new_cache.len);
@@ -187,10 +192,11 @@ impl Engine {
         let vocab = out.vocab;
         let mut exits: Vec<(usize, Exit)> = Vec::new();
         let assets = self.assets.clone();
+        let mut all_logits = out.last_logits;
         for (i, row) in self.rows.iter_mut().enumerate() {
             row.cached += 1;
-            let mut logits = out.last_logits[i * vocab..(i + 1) * vocab].to_vec();
-            if let Some(exit) = accept(&assets, row, &mut logits) {
+            let logits = &mut all_logits[i * vocab..(i + 1) * vocab];
+            if let Some(exit) = accept(&assets, row, logits) {
                 exits.push((i, exit));
             }
         }
