@@ -143,7 +143,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         feishu: feishu_apps,
     });
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
-    replay_inbox(&state, started_ms).await?;
+    replay_inbox(&state, started_ms, cfg.inbox.orphan_after_secs).await?;
     tokio::spawn(inbox_gauges(store.clone()));
     let listener = listen(cfg.listen_addr()).with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
@@ -206,9 +206,17 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Hands the messages this node accepted but never finished (a crash, a kill) back to their
 /// sessions, oldest first; each conversation keeps its order.
-async fn replay_inbox(state: &AppState, started_ms: i64) -> anyhow::Result<()> {
+async fn replay_inbox(state: &AppState, started_ms: i64, orphan_after_secs: u64) -> anyhow::Result<()> {
     let mut pending = state.store.inbox_pending(&state.node).await.context("reading the inbox")?;
     pending.retain(|e| e.created_ms < started_ms);
+    if orphan_after_secs > 0 {
+        let orphans = state.store.inbox_claim_orphans(&state.node, orphan_after_secs as i64 * 1000).await.context("claiming orphaned inbox rows")?;
+        if !orphans.is_empty() {
+            tracing::warn!(count = orphans.len(), "Took over messages left unanswered by another node.");
+        }
+        pending.extend(orphans);
+        pending.sort_by_key(|e| e.id);
+    }
     if pending.is_empty() {
         return Ok(());
     }

@@ -53,6 +53,12 @@ async fn inbox_dedup_and_replay_order(s: &dyn Store) {
     let pending = s.inbox_pending("node-a").await.unwrap();
     assert_eq!(pending[0].id, b);
     assert_eq!(pending[0].attempts, 1);
+    // Rows of a vanished node are taken over once they are stale.
+    let Accepted::New(o) = s.inbox_accept(&inbound("c3", "orphan", None), "node-gone").await.unwrap() else { panic!() };
+    assert!(s.inbox_claim_orphans("node-a", 60_000).await.unwrap().is_empty(), "not stale yet");
+    let claimed = s.inbox_claim_orphans("node-a", -1).await.unwrap();
+    assert!(claimed.iter().any(|e| e.id == o), "{claimed:?}");
+    assert!(s.inbox_pending("node-a").await.unwrap().iter().any(|e| e.id == o));
     // De-duplication outlives the row's processing.
     assert_eq!(s.inbox_accept(&inbound("c1", "late duplicate", Some("m-1")), "node-a").await.unwrap(), Accepted::Duplicate(a));
 }

@@ -62,6 +62,9 @@ pub struct InboxConfig {
     pub retry_backoff_ms: u64,
     /// What the user is told when their message ends in the dead-letter queue.
     pub apology: String,
+    /// Pending messages of another node untouched this long are taken over at start (their
+    /// node is gone, e.g. a replaced pod). 0 disables.
+    pub orphan_after_secs: u64,
 }
 
 impl Default for InboxConfig {
@@ -70,6 +73,7 @@ impl Default for InboxConfig {
             max_attempts: 3,
             retry_backoff_ms: 500,
             apology: "Sorry, I could not answer that just now. Your message was kept and will be looked at.".into(),
+            orphan_after_secs: 300,
         }
     }
 }

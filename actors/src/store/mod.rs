@@ -155,6 +155,9 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_attempt_failed(&self, id: i64, attempts: i64, error: &str) -> StoreResult<()>;
     /// Unfinished rows of this node, oldest first (replayed at start-up).
     async fn inbox_pending(&self, node: &str) -> StoreResult<Vec<InboxEntry>>;
+    /// Takes over pending rows of other nodes not touched for `stale_ms` (their node is gone:
+    /// a replaced pod, a decommissioned host), so they are answered here; oldest first.
+    async fn inbox_claim_orphans(&self, node: &str, stale_ms: i64) -> StoreResult<Vec<InboxEntry>>;
     /// Pending rows (all nodes).
     async fn inbox_depth(&self) -> StoreResult<i64>;
 

@@ -244,6 +244,19 @@ impl Store for SqlStore {
         Ok(rows.iter().map(inbox_entry).collect::<Result<_, _>>()?)
     }
 
+    async fn inbox_claim_orphans(&self, node: &str, stale_ms: i64) -> StoreResult<Vec<InboxEntry>> {
+        let now = now_ms();
+        // One UPDATE per call: concurrent claimers each get disjoint rows (a row whose node or
+        // updated_ms changed no longer matches).
+        let sql = format!(
+            "UPDATE inbox SET node = ?, updated_ms = ? WHERE status = 'pending' AND node <> ? AND updated_ms < ? RETURNING {INBOX_COLUMNS}"
+        );
+        let rows = sqlx::query(&self.q(&sql)).bind(node).bind(now).bind(node).bind(now - stale_ms).fetch_all(&self.pool).await?;
+        let mut out: Vec<InboxEntry> = rows.iter().map(inbox_entry).collect::<Result<_, _>>()?;
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
     async fn inbox_depth(&self) -> StoreResult<i64> {
         let r = sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
         Ok(r.try_get("n")?)
