@@ -170,9 +170,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
             let inbox_id = entry.id;
             if let Some(req) = inbox_request(&entry) {
-                if let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
-                    let _ = router.cast(RouterMsg::Chat(req, None));
-                }
+                switchboard_actors::session::route_message(req, None);
             }
             Ok(warp::reply::with_status(warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})), StatusCode::ACCEPTED)
                 .into_response())

@@ -10,7 +10,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_actors::inference::ExecutionProvider;
 use switchboard_actors::model::onnx::{init_runtime, resolve_runtime_lib};
 use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
-use switchboard_actors::session::{ROUTER_NAME, RouterMsg};
 use switchboard_actors::platforms::config::TelegramMode;
 use switchboard_actors::platforms::egress::PlatformSender;
 use switchboard_actors::platforms::feishu_app::{FeishuApp, FeishuSender};
@@ -221,10 +220,9 @@ async fn replay_inbox(state: &AppState, started_ms: i64, orphan_after_secs: u64)
         return Ok(());
     }
     tracing::warn!(count = pending.len(), "Replaying messages accepted before the last stop.");
-    let router = ractor::ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()).context("the session router is not running")?;
     for entry in &pending {
         if let Some(req) = http::inbox_request(entry) {
-            router.cast(RouterMsg::Chat(req, None)).map_err(|e| anyhow::anyhow!("replay: {e}"))?;
+            anyhow::ensure!(switchboard_actors::session::route_message(req, None), "replay: the session router is not running");
         }
     }
     Ok(())

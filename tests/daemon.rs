@@ -59,12 +59,14 @@ async fn health_readiness_and_json_errors() {
     assert_eq!(s, 413);
     assert_eq!(b["error"]["code"], "payload_too_large");
 
-    // Unknown route and wrong method.
-    let r = d.client.get(d.url("/nope")).send().await.unwrap();
+    // Unknown route and wrong method. (A fresh client: after a 413 the server closes the
+    // connection without reading the body, and a pooled connection may be the closed one.)
+    let client = reqwest::Client::new();
+    let r = client.get(d.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let r = d.client.get(d.url("/api/v1/chat")).send().await.unwrap();
+    let r = client.get(d.url("/api/v1/chat")).send().await.unwrap();
     assert_eq!(r.status(), 405);
 
     // A message too long for the context window alone is a clear 400.
@@ -94,9 +96,15 @@ async fn metrics_change_after_a_request() {
         before_tok + body["tokens"].as_f64().unwrap()
     );
     // JSON logs: the message's log lines carry its conversation and inbox id (a span).
-    let logs = d.log_text();
-    let line = logs.lines().find(|l| l.contains("Answered a message.")).expect("an info line per answered message");
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = d.log_text().lines().find(|l| l.contains("Answered a message.")) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no info line for the answered message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert!(v["span"]["conversation"].is_string() && v["span"]["inbox_id"].as_i64().unwrap() > 0, "{line}");
     for name in [
         "switchboard_reply_latency_seconds_bucket",
@@ -104,6 +112,8 @@ async fn metrics_change_after_a_request() {
         "switchboard_inference_time_to_first_token_seconds_count",
         "switchboard_inference_batch_size_bucket",
         "switchboard_build_info",
+        "switchboard_actor_mailbox_depth{actor=\"sessions.router\"}",
+        "switchboard_actor_mailbox_depth{actor=\"inference.batcher\"}",
         "process_resident_memory_bytes",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");

@@ -37,6 +37,7 @@ pub const EGRESS_SENDS: &str = "switchboard_egress_sends_total";
 pub const EGRESS_RATE_LIMITED: &str = "switchboard_egress_rate_limited_total";
 pub const EGRESS_SEND_DURATION: &str = "switchboard_egress_send_duration_seconds";
 pub const FEISHU_TOKEN_REFRESHES: &str = "switchboard_feishu_token_refreshes_total";
+pub const MAILBOX_DEPTH: &str = "switchboard_actor_mailbox_depth";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -78,6 +79,7 @@ pub fn describe() {
     describe_counter!(EGRESS_RATE_LIMITED, "Sends the platform answered with a rate limit (429), by platform and account.");
     describe_histogram!(EGRESS_SEND_DURATION, Unit::Seconds, "Duration of one send call to a platform.");
     describe_counter!(FEISHU_TOKEN_REFRESHES, "Feishu tenant access token fetches, by account.");
+    describe_gauge!(MAILBOX_DEPTH, "Messages waiting in the mailbox of the busiest actors (sessions.router, inference.batcher).");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -225,4 +227,8 @@ pub fn register_platform_series(platform: &'static str, account: &str) {
     }
     counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).absolute(0);
     counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
+}
+
+pub fn mailbox_depth(actor: &'static str, depth: i64) {
+    gauge!(MAILBOX_DEPTH, "actor" => actor).set(depth.max(0) as f64);
 }

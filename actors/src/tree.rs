@@ -220,17 +220,12 @@ impl Actor for HttpIngressActor {
         match msg {
             IngressMsg::Chat(req, reply) => {
                 telemetry::message_received(req.platform);
-                match ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
-                    Some(router) => {
-                        if let Err(e) = router.cast(RouterMsg::Chat(req, reply)) {
-                            tracing::warn!(error = %e, "The session router refused a message.");
-                        }
+                if ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()).is_none() {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ChatError::Internal("the session router is restarting".into())));
                     }
-                    None => {
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(ChatError::Internal("the session router is restarting".into())));
-                        }
-                    }
+                } else if !crate::session::route_message(req, reply) {
+                    tracing::warn!("The session router refused a message; it stays in the inbox.");
                 }
             }
         }

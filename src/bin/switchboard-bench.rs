@@ -73,7 +73,7 @@ struct Args {
     attempts: usize,
     /// Where to write the results as JSON (empty: don't write).
     #[arg(long, default_value = "BENCHMARKS-results.json")]
-    out: PathBuf,
+    out: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,7 +190,8 @@ fn foreign_cpu(window: Duration, tick_hz: f64) -> (f64, String) {
         }
     }
     users.sort_by(|x, y| y.0.cmp(&x.0));
-    let top: Vec<String> = users.iter().take(3).map(|(d, n)| format!("{n} {:.0}%", 100.0 * *d as f64 / tick_hz / window.as_secs_f64())).collect();
+    let top: Vec<String> =
+        users.iter().take(3).map(|(d, n)| format!("{n} {:.0}%", 100.0 * *d as f64 / tick_hz / window.as_secs_f64())).collect();
     (total as f64 / tick_hz / window.as_secs_f64(), top.join(", "))
 }
 
@@ -216,19 +217,21 @@ impl Monitor {
     fn start(tick_hz: f64) -> Monitor {
         let m = Monitor { busy: Arc::new(Mutex::new(Vec::new())), last_end: Arc::new(Mutex::new(Instant::now())) };
         let mm = m.clone();
-        std::thread::spawn(move || loop {
-            let start = Instant::now();
-            let (cpu, who) = foreign_cpu(Self::WINDOW, tick_hz);
-            let end = Instant::now();
-            if cpu > FOREIGN_LIMIT {
-                let mut b = mm.busy.lock().expect("monitor");
-                b.push((start, end, format!("other processes used {:.0}% of a core: {who}", cpu * 100.0)));
-                let n = b.len();
-                if n > 1000 {
-                    b.drain(..n - 1000);
+        std::thread::spawn(move || {
+            loop {
+                let start = Instant::now();
+                let (cpu, who) = foreign_cpu(Self::WINDOW, tick_hz);
+                let end = Instant::now();
+                if cpu > FOREIGN_LIMIT {
+                    let mut b = mm.busy.lock().expect("monitor");
+                    b.push((start, end, format!("other processes used {:.0}% of a core: {who}", cpu * 100.0)));
+                    let n = b.len();
+                    if n > 1000 {
+                        b.drain(..n - 1000);
+                    }
                 }
+                *mm.last_end.lock().expect("monitor") = end;
             }
-            *mm.last_end.lock().expect("monitor") = end;
         });
         m
     }
@@ -502,8 +505,8 @@ impl Client {
     }
 
     /// One streaming chat; returns the final reply, the time to the first `delta` event, the
-    /// total time, and the gap between the last `delta` and the `done` event (the engine sends
-    /// both in the same step, so the gap is delivery delay).
+    /// total time, and the gap between the last `delta` and the `done` event (the engine emits
+    /// both in the same step; the gap is the session's work after the last token plus delivery).
     async fn chat_stream(&self, text: &str, max_new_tokens: usize) -> Result<(ChatReply, Duration, Duration, Duration)> {
         let t0 = Instant::now();
         let resp = self.http.post(format!("{}/api/v1/chat", self.base)).json(&self.body(text, max_new_tokens, true)).send().await?;
@@ -809,7 +812,8 @@ fn raw_ort(args: &Args, model: &Path, batch: usize, prompt_len: usize) -> Result
         bail!("`{cmd}` failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow!("`{cmd}` printed no JSON:\n{stdout}"))?;
+    let line =
+        stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow!("`{cmd}` printed no JSON:\n{stdout}"))?;
     let v: Value = serde_json::from_str(line).with_context(|| format!("parsing the output of `{cmd}`"))?;
     if v.get("tokens_per_s").and_then(Value::as_f64).is_none() {
         bail!("`{cmd}` printed no tokens_per_s: {line}");
@@ -896,7 +900,8 @@ fn machine_info() -> Value {
 }
 
 fn model_info(model: &Path) -> Value {
-    let cfg: Value = std::fs::read_to_string(model.join("config.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    let cfg: Value =
+        std::fs::read_to_string(model.join("config.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
     let size = std::fs::metadata(model.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
     json!({
         "path": model.display().to_string(),
@@ -933,7 +938,8 @@ async fn run(args: Args) -> Result<()> {
     if !model.join("model.onnx").is_file() {
         bail!("{} has no model.onnx (run `make bench-model`)", model.display());
     }
-    let ort_lib = std::fs::canonicalize(&args.ort_lib).with_context(|| format!("ONNX Runtime library {} (run `make setup`)", args.ort_lib.display()))?;
+    let ort_lib = std::fs::canonicalize(&args.ort_lib)
+        .with_context(|| format!("ONNX Runtime library {} (run `make setup`)", args.ort_lib.display()))?;
     if !args.daemon.is_file() {
         bail!("daemon binary {} not found (cargo build --release --bin switchboard)", args.daemon.display());
     }
@@ -946,12 +952,8 @@ async fn run(args: Args) -> Result<()> {
         disturbed: Mutex::new(Vec::new()),
     };
 
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(600))
-        .build()?;
+    let http =
+        reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).tcp_nodelay(true).timeout(Duration::from_secs(600)).build()?;
     let counter = Arc::new(AtomicU64::new(0));
     let run_id = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
     let client_for = |base: &str| Client { http: http.clone(), base: base.to_string(), counter: counter.clone(), run_id: run_id.clone() };
@@ -962,8 +964,21 @@ async fn run(args: Args) -> Result<()> {
     let git = run_capture("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
     let git_dirty = run_capture("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let date = run_capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default();
-    eprintln!("switchboard-bench: {} | model {} | {} new tokens | {} intra-op threads | {} repeats", daemon_version, model.display(), args.new_tokens, args.threads, args.repeats);
-    eprintln!("machine: {} x {} ({}), {} GiB", machine["cpus"], machine["cpu_model"].as_str().unwrap_or("?"), machine["arch"].as_str().unwrap_or("?"), machine["memory_gib"]);
+    eprintln!(
+        "switchboard-bench: {} | model {} | {} new tokens | {} intra-op threads | {} repeats",
+        daemon_version,
+        model.display(),
+        args.new_tokens,
+        args.threads,
+        args.repeats
+    );
+    eprintln!(
+        "machine: {} x {} ({}), {} GiB",
+        machine["cpus"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        machine["arch"].as_str().unwrap_or("?"),
+        machine["memory_gib"]
+    );
     let mut attempts_used: BTreeMap<String, usize> = BTreeMap::new();
 
     // ---- (a) + (c): the shipped batching settings --------------------------------------------
@@ -1021,7 +1036,13 @@ async fn run(args: Args) -> Result<()> {
         .await?;
         done_gap_ms.extend(gaps.iter().map(|g| r3(g.as_secs_f64() * 1000.0)));
         let ms: Vec<f64> = ttfts.iter().map(|t| r3(t.as_secs_f64() * 1000.0)).collect();
-        eprintln!("  {label}: TTFT p50 {:.0} ms, max {:.0} ms (server-side mean {:.0} ms); {:.1} tokens/s", percentile(&ms, 50.0), percentile(&ms, 100.0), md.server_ttft_mean_ms, r.tokens_per_s);
+        eprintln!(
+            "  {label}: TTFT p50 {:.0} ms, max {:.0} ms (server-side mean {:.0} ms); {:.1} tokens/s",
+            percentile(&ms, 50.0),
+            percentile(&ms, 100.0),
+            md.server_ttft_mean_ms,
+            r.tokens_per_s
+        );
         attempts_used.insert(label, tries);
         ttft_ms.extend(ms);
         stream.push((r, md));
@@ -1161,7 +1182,13 @@ async fn run(args: Args) -> Result<()> {
     table += &format!("{:<48} {:>12} {:>12} {:>10}  {}\n", "scenario", "pool tok/s", "raw tok/s", "ratio", "target");
     table += &format!("{line}\n");
     table += &format!("{:<48} {:>12.1} {:>12.1} {:>10}\n", format!("(a) {n} requests one at a time"), seq_tps, raw_tps(&raw1), "");
-    table += &format!("{:<48} {:>12.1} {:>12.1} {:>10}\n", format!("(a) {n} requests at once (max_wait {} ms)", args.max_wait_ms), conc_tps, raw_tps(&raw_n), "");
+    table += &format!(
+        "{:<48} {:>12.1} {:>12.1} {:>10}\n",
+        format!("(a) {n} requests at once (max_wait {} ms)", args.max_wait_ms),
+        conc_tps,
+        raw_tps(&raw_n),
+        ""
+    );
     table += &format!(
         "{:<48} {:>12} {:>12} {:>9.2}x  >= 5x: {} (raw batch {n}/batch 1: {:.2}x)\n",
         "(a) at once / one at a time (median of pairs)",
@@ -1193,8 +1220,10 @@ async fn run(args: Args) -> Result<()> {
         md_stream.server_ttft_mean_ms
     );
     table += &format!(
-        "{:<48} p50 {:.1} ms, max {:.1} ms (last delta and done leave the engine in the same step)\n",
-        "(c) gap last delta -> done event", percentile(&done_gap_ms, 50.0), percentile(&done_gap_ms, 100.0)
+        "{:<48} p50 {:.1} ms, max {:.1} ms (the session's work after the last token, then delivery)\n",
+        "(c) gap last delta -> done event",
+        percentile(&done_gap_ms, 50.0),
+        percentile(&done_gap_ms, 100.0)
     );
     table += &format!("{line}\n");
     table += "step times (daemon /metrics vs raw ORT script):\n";
@@ -1212,7 +1241,10 @@ async fn run(args: Args) -> Result<()> {
     table += &format!("  (a) one at a time: {}\n", describe_metrics(&md_seq, seq_wall));
     table += &format!("  (a) at once:       {}\n", describe_metrics(&md_conc, conc_wall));
     table += &format!("  (c) streaming:     {}\n", describe_metrics(&md_stream, stream_wall));
-    table += &format!("  (a)/(c) prefill batch sizes at once: {:?}; streaming: {:?}\n", md_conc.prefill_batch_buckets, md_stream.prefill_batch_buckets);
+    table += &format!(
+        "  (a)/(c) prefill batch sizes at once: {:?}; streaming: {:?}\n",
+        md_conc.prefill_batch_buckets, md_stream.prefill_batch_buckets
+    );
     if !repeated.is_empty() {
         table += &format!("repeated because other processes used the CPU: {}\n", repeated.join(", "));
     }
@@ -1283,9 +1315,9 @@ async fn run(args: Args) -> Result<()> {
         "attempts": attempts_used,
         "total_runtime_s": r3(total_s),
     });
-    if !args.out.as_os_str().is_empty() {
-        std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", args.out.display()))?;
-        eprintln!("results written to {}", args.out.display());
+    if !args.out.is_empty() {
+        std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n").with_context(|| format!("writing {}", args.out))?;
+        eprintln!("results written to {}", args.out);
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ use crate::telemetry;
 /// Registered name of the batcher.
 pub const BATCHER_NAME: &str = "inference.batcher";
 
+/// Submissions cast to the batcher and not yet handled: its mailbox depth.
+pub(crate) static BACKLOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// One worker as the batcher sees it.
 struct WorkerSlot {
     /// Job channel into the worker thread.
@@ -191,6 +194,7 @@ impl Actor for BatcherActor {
     async fn pre_start(&self, myself: ActorRef<BatcherMsg>, args: BatcherArgs) -> Result<BatcherState, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(100), || BatcherMsg::Tick);
         args.ready_workers.store(0, Ordering::Release);
+        BACKLOG.store(0, Ordering::Release);
         // Workers that outlived a previous batcher introduce themselves again.
         for name in ractor::registry::registered() {
             if name.starts_with("inference.worker.") {
@@ -209,6 +213,7 @@ impl Actor for BatcherActor {
     async fn handle(&self, myself: ActorRef<BatcherMsg>, msg: BatcherMsg, state: &mut BatcherState) -> Result<(), ActorProcessingErr> {
         match msg {
             BatcherMsg::Submit(req) => {
+                telemetry::mailbox_depth(BATCHER_NAME, BACKLOG.fetch_sub(1, Ordering::AcqRel) - 1);
                 if let Err((req, err)) = state.queue.submit(req) {
                     telemetry::inference_rejected(err.reason());
                     let _ = req.events.send(GenEvent::Failed(err));

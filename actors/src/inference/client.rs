@@ -119,9 +119,12 @@ impl InferenceClient {
             delivered: Default::default(),
             fault: opts.fault,
         };
-        batcher
-            .cast(BatcherMsg::Submit(req))
-            .map_err(|_| InferenceError::Unavailable("the batcher is restarting".into()))?;
+        let depth = super::batcher::BACKLOG.fetch_add(1, Ordering::AcqRel) + 1;
+        telemetry::mailbox_depth(BATCHER_NAME, depth);
+        batcher.cast(BatcherMsg::Submit(req)).map_err(|_| {
+            super::batcher::BACKLOG.fetch_sub(1, Ordering::AcqRel);
+            InferenceError::Unavailable("the batcher is restarting".into())
+        })?;
         Ok(rx)
     }
 }

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ractor::ActorRef;
 use serde_json::{Value, json};
 
 use super::config::FeishuConfig;
@@ -14,7 +13,7 @@ use super::feishu::event::{self, Envelope, RequestHeaders, Rejection, VerifyConf
 use super::feishu::message::{self, ChatType, TEXT_CHUNK_LIMIT_BYTES};
 use super::feishu::{FeishuApi, FsError, text_content};
 use super::telegram::ratelimit::{Limits, Rate, SendLimiter};
-use crate::session::{ChatRequest, GroupScope, InboxPayload, ROUTER_NAME, RouterMsg, conversation_key};
+use crate::session::{ChatRequest, GroupScope, InboxPayload, conversation_key, route_message};
 use crate::store::{Accepted, NewInbound, Store, StoreError, now_ms};
 use crate::telemetry;
 
@@ -171,9 +170,7 @@ impl FeishuApp {
             attempts: 0,
             route: Some(route),
         };
-        if let Some(r) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
-            let _ = r.cast(RouterMsg::Chat(req, None));
-        }
+        route_message(req, None);
         Ok(EventAnswer::Ok)
     }
 }

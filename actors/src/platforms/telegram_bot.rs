@@ -13,7 +13,7 @@ use super::egress::{PlatformSender, SendError};
 use super::telegram::format::{MAX_MESSAGE_LEN, escape_html, split_message};
 use super::telegram::ratelimit::{Limits, SendLimiter};
 use super::telegram::{BotApi, BotIdentity, ChatType, SendMessage, TgError, Triage, Update, triage};
-use crate::session::{ChatRequest, GroupScope, InboxPayload, ROUTER_NAME, RouterMsg, conversation_hash, conversation_key};
+use crate::session::{ChatRequest, GroupScope, InboxPayload, ROUTER_NAME, RouterMsg, conversation_hash, conversation_key, route_message};
 use crate::store::{Accepted, NewInbound, Store, StoreError};
 use crate::telemetry;
 
@@ -163,11 +163,8 @@ impl TelegramBot {
             attempts: 0,
             route: Some(route),
         };
-        match ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
-            Some(r) => {
-                let _ = r.cast(RouterMsg::Chat(req, None));
-            }
-            None => tracing::warn!(account, "The session router is restarting; the update stays in the inbox and is replayed."),
+        if !route_message(req, None) {
+            tracing::warn!(account, "The session router is restarting; the update stays in the inbox and is replayed.");
         }
         Ok(UpdateOutcome::Accepted)
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 pub use actor::{SessionActor, SessionArgs, SessionMsg};
 pub use config::{GroupScope, InboxConfig, SessionConfig};
-pub use router::{ROUTER_NAME, RouterArgs, RouterMsg, SessionRouterActor};
+pub use router::{ROUTER_NAME, RouterArgs, RouterMsg, SessionRouterActor, route_message};
 
 use crate::inference::{FinishReason, GenerateOptions, InferenceError};
 

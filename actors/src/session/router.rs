@@ -18,6 +18,22 @@ use crate::telemetry;
 /// Registered name of the router.
 pub const ROUTER_NAME: &str = "sessions.router";
 
+/// Chat messages cast to the router and not yet handled: its mailbox depth.
+static BACKLOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Hands a chat message to the session router (every ingress goes through here). `false` when
+/// the router is not running (restarting); the message then stays in the inbox for replay.
+pub fn route_message(req: ChatRequest, reply: Option<ReplyPort>) -> bool {
+    let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) else { return false };
+    let depth = BACKLOG.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+    telemetry::mailbox_depth(ROUTER_NAME, depth);
+    if router.cast(RouterMsg::Chat(req, reply)).is_err() {
+        BACKLOG.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
 pub struct SessionRouterActor;
 
 pub struct RouterArgs {
@@ -69,6 +85,9 @@ impl Actor for SessionRouterActor {
 
     async fn pre_start(&self, _myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
         telemetry::sessions_active(0);
+        // A new router starts with an empty mailbox.
+        BACKLOG.store(0, std::sync::atomic::Ordering::Release);
+        telemetry::mailbox_depth(ROUTER_NAME, 0);
         Ok(RouterState {
             config: args.config,
             inbox: args.inbox,
@@ -84,6 +103,7 @@ impl Actor for SessionRouterActor {
     async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Chat(request, reply) => {
+                telemetry::mailbox_depth(ROUTER_NAME, BACKLOG.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) - 1);
                 let hash = conversation_hash(&request.conversation);
                 if !state.sessions.contains_key(&hash) {
                     let args = SessionArgs {
@@ -171,7 +191,7 @@ impl Actor for SessionRouterActor {
 /// After a session crash, the messages it held (still pending in the inbox) go to a new session
 /// after a backoff, each with one more attempt counted; a message that keeps crashing sessions
 /// ends in the dead-letter queue.
-async fn redeliver(router: ActorRef<RouterMsg>, store: Arc<dyn Store>, node: String, key: String, inbox: InboxConfig) {
+async fn redeliver(_router: ActorRef<RouterMsg>, store: Arc<dyn Store>, node: String, key: String, inbox: InboxConfig) {
     let failed_at = crate::store::now_ms();
     tokio::time::sleep(std::time::Duration::from_millis(inbox.retry_backoff_ms)).await;
     let pending = match store.inbox_pending(&node).await {
@@ -202,7 +222,7 @@ async fn redeliver(router: ActorRef<RouterMsg>, store: Arc<dyn Store>, node: Str
             tracing::warn!(error = %e, "Could not record a failed attempt.");
         }
         if let Some(req) = ChatRequest::from_inbox(&entry) {
-            let _ = router.cast(RouterMsg::Chat(req, None));
+            route_message(req, None);
         }
     }
 }
