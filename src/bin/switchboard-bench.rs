@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// `inference.max_wait_ms` for scenarios (a) and (c) (the shipped default).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 20)]
     max_wait_ms: u64,
     /// `inference.max_wait_ms` for scenario (b), long enough for B requests to form one batch.
     #[arg(long, default_value_t = 50)]
