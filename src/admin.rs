@@ -7,8 +7,8 @@ use ractor::ActorRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_actors::session::RouterMsg;
 use switchboard_actors::session::ROUTER_NAME;
+use switchboard_actors::session::RouterMsg;
 use switchboard_actors::telemetry;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -91,19 +91,17 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
     let auth = warp::header::optional::<String>("authorization");
     let base = warp::path!("admin" / "v1" / ..);
 
-    let list = base
-        .and(warp::path!("conversations"))
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(auth)
-        .and(warp::query::<ListQuery>())
-        .and_then(|st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
-            let who = authorize(&st, h, Role::Viewer, "conversations.list").await?;
-            let limit = limit(q.limit).map_err(warp::reject::custom)?;
-            let list = st.store.conversations(q.platform.as_deref(), limit).await.map_err(db)?;
-            st.audit(&who.name, "admin.conversations.list", q.platform.as_deref().unwrap_or("*"), &format!("{} rows", list.len())).await;
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"conversations": list})).into_response())
-        });
+    let list =
+        base.and(warp::path!("conversations")).and(warp::get()).and(with_state.clone()).and(auth).and(warp::query::<ListQuery>()).and_then(
+            |st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+                let who = authorize(&st, h, Role::Viewer, "conversations.list").await?;
+                let limit = limit(q.limit).map_err(warp::reject::custom)?;
+                let list = st.store.conversations(q.platform.as_deref(), limit).await.map_err(db)?;
+                st.audit(&who.name, "admin.conversations.list", q.platform.as_deref().unwrap_or("*"), &format!("{} rows", list.len()))
+                    .await;
+                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"conversations": list})).into_response())
+            },
+        );
 
     let messages = base
         .and(warp::path!("conversations" / String / "messages"))
@@ -123,12 +121,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             Ok(warp::reply::json(&serde_json::json!({"conversation": conv, "messages": msgs})).into_response())
         });
 
-    let erase = base
-        .and(warp::path!("conversations" / String))
-        .and(warp::delete())
-        .and(with_state.clone())
-        .and(auth)
-        .and_then(|key: String, st: Arc<AppState>, h: Option<String>| async move {
+    let erase = base.and(warp::path!("conversations" / String)).and(warp::delete()).and(with_state.clone()).and(auth).and_then(
+        |key: String, st: Arc<AppState>, h: Option<String>| async move {
             let key = decode(&key);
             let who = authorize(&st, h, Role::Admin, "conversations.erase").await?;
             let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
@@ -140,30 +134,26 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             let rows = st.store.erase(&conv.key).await.map_err(db)?;
             st.audit(&who.name, "admin.conversations.erase", &conv.key, &format!("{rows} rows erased")).await;
             Ok(warp::reply::json(&serde_json::json!({"erased": conv.key, "rows": rows})).into_response())
-        });
+        },
+    );
 
-    let dead = base
-        .and(warp::path!("dead-letters"))
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(auth)
-        .and(warp::query::<ListQuery>())
-        .and_then(|st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
-            let who = authorize(&st, h, Role::Viewer, "dead_letters.list").await?;
-            let limit = limit(q.limit).map_err(warp::reject::custom)?;
-            let list = st.store.dead_letters(limit).await.map_err(db)?;
-            st.audit(&who.name, "admin.dead_letters.list", "*", &format!("{} rows", list.len())).await;
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"dead_letters": list})).into_response())
-        });
+    let dead =
+        base.and(warp::path!("dead-letters")).and(warp::get()).and(with_state.clone()).and(auth).and(warp::query::<ListQuery>()).and_then(
+            |st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
+                let who = authorize(&st, h, Role::Viewer, "dead_letters.list").await?;
+                let limit = limit(q.limit).map_err(warp::reject::custom)?;
+                let list = st.store.dead_letters(limit).await.map_err(db)?;
+                st.audit(&who.name, "admin.dead_letters.list", "*", &format!("{} rows", list.len())).await;
+                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"dead_letters": list})).into_response())
+            },
+        );
 
-    let replay = base
-        .and(warp::path!("dead-letters" / String / "replay"))
-        .and(warp::post())
-        .and(with_state)
-        .and(auth)
-        .and_then(|id: String, st: Arc<AppState>, h: Option<String>| async move {
+    let replay = base.and(warp::path!("dead-letters" / String / "replay")).and(warp::post()).and(with_state).and(auth).and_then(
+        |id: String, st: Arc<AppState>, h: Option<String>| async move {
             let who = authorize(&st, h, Role::Operator, "dead_letters.replay").await?;
-            let id: i64 = id.parse().map_err(|_| warp::reject::custom(ApiError::BadRequest(format!("dead letter id must be a number. Given: {id:?}"))))?;
+            let id: i64 = id
+                .parse()
+                .map_err(|_| warp::reject::custom(ApiError::BadRequest(format!("dead letter id must be a number. Given: {id:?}"))))?;
             let Some(entry) = st.store.replay_dead_letter(id, &st.node).await.map_err(db)? else {
                 return Err(warp::reject::custom(ApiError::NoSuch(format!("dead letter {id} (or it was already replayed)"))));
             };
@@ -172,9 +162,13 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             if let Some(req) = inbox_request(&entry) {
                 switchboard_actors::session::route_message(req, None);
             }
-            Ok(warp::reply::with_status(warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})), StatusCode::ACCEPTED)
-                .into_response())
-        });
+            Ok(warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})),
+                StatusCode::ACCEPTED,
+            )
+            .into_response())
+        },
+    );
 
     list.or(messages).unify().or(erase).unify().or(dead).unify().or(replay).unify()
 }
@@ -185,11 +179,7 @@ mod tests {
 
     #[test]
     fn tokens_match_by_hash_only() {
-        let tokens = vec![AdminToken {
-            name: "ops".into(),
-            role: Role::Operator,
-            token_sha256: hex::encode(Sha256::digest(b"s3cret")),
-        }];
+        let tokens = vec![AdminToken { name: "ops".into(), role: Role::Operator, token_sha256: hex::encode(Sha256::digest(b"s3cret")) }];
         let p = authenticate(&tokens, "s3cret").unwrap();
         assert_eq!(p.name, "ops");
         assert_eq!(p.role, Role::Operator);

@@ -104,7 +104,11 @@ impl StorageConfig {
         if !self.node_id.is_empty() {
             return self.node_id.clone();
         }
-        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into())
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into())
     }
 }
 
@@ -197,9 +201,7 @@ impl Config {
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
         let mut table = match std::fs::read_to_string(&file) {
-            Ok(text) => text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Syntax { path: file.clone(), message: e.to_string() })?,
+            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax { path: file.clone(), message: e.to_string() })?,
             Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(source) => return Err(ConfigError::Read { path: file, source }),
         };
@@ -216,12 +218,14 @@ impl Config {
 
     /// Checks every section; errors name the key and echo the value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.server
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| ConfigError::Invalid(format!("`server.listen` must be an address like 127.0.0.1:8080. Given: {:?}", self.server.listen)))?;
+        self.server.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::Invalid(format!("`server.listen` must be an address like 127.0.0.1:8080. Given: {:?}", self.server.listen))
+        })?;
         if self.server.max_body_bytes < 64 {
-            return Err(ConfigError::Invalid(format!("`server.max_body_bytes` must be at least 64. Given: {}", self.server.max_body_bytes)));
+            return Err(ConfigError::Invalid(format!(
+                "`server.max_body_bytes` must be at least 64. Given: {}",
+                self.server.max_body_bytes
+            )));
         }
         self.inference.validate().map_err(ConfigError::Invalid)?;
         self.sessions.validate().map_err(ConfigError::Invalid)?;
@@ -229,7 +233,9 @@ impl Config {
         self.inbox.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.storage.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite://")) {
-                return Err(ConfigError::Invalid("`storage.url` must start with postgres:// (or sqlite://). Given: a URL with another scheme".into()));
+                return Err(ConfigError::Invalid(
+                    "`storage.url` must start with postgres:// (or sqlite://). Given: a URL with another scheme".into(),
+                ));
             }
         }
         let mut accounts = std::collections::HashSet::new();
@@ -247,7 +253,9 @@ impl Config {
         }
         for (i, t) in self.admin.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || !t.token_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].token_sha256` must be 64 hex digits (the SHA-256 of the token, not the token)")));
+                return Err(ConfigError::Invalid(format!(
+                    "`admin.tokens[{i}].token_sha256` must be 64 hex digits (the SHA-256 of the token, not the token)"
+                )));
             }
             if t.name.trim().is_empty() {
                 return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].name` must not be empty")));
@@ -288,9 +296,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
         let mut cur = &mut *table;
         for p in parents {
             let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            cur = entry
-                .as_table_mut()
-                .ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("`{p}` is not a section") })?;
+            cur = entry.as_table_mut().ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("`{p}` is not a section") })?;
         }
         cur.insert(last.clone(), value);
     }

@@ -25,7 +25,10 @@ use crate::http::{self, AppState};
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_ort(&cfg.log.level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match cfg.log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
@@ -82,7 +85,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut telegram_bots = std::collections::HashMap::new();
     for (i, tc) in cfg.telegram.iter().enumerate() {
         let token = tc.resolve_token(i).map_err(|e| anyhow::anyhow!(e))?;
-        let bot = Arc::new(TelegramBot::new(tc.clone(), &token, store.clone(), node.clone(), cfg.sessions.group_scope, cfg.testing.fault_injection));
+        let bot = Arc::new(TelegramBot::new(
+            tc.clone(),
+            &token,
+            store.clone(),
+            node.clone(),
+            cfg.sessions.group_scope,
+            cfg.testing.fault_injection,
+        ));
         // getMe / setWebhook in the background: an unreachable Telegram must not hold up start-up.
         tokio::spawn({
             let bot = bot.clone();
@@ -197,9 +207,9 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
 /// Opens the configured store (SQLite file or PostgreSQL).
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.storage.database_url();
-    let store = SqlStore::open(&url, &cfg.storage.schema)
-        .await
-        .with_context(|| if cfg.storage.url.is_some() { "`storage.url`".to_string() } else { format!("`storage.path` = {}", cfg.storage.path.display()) })?;
+    let store = SqlStore::open(&url, &cfg.storage.schema).await.with_context(|| {
+        if cfg.storage.url.is_some() { "`storage.url`".to_string() } else { format!("`storage.path` = {}", cfg.storage.path.display()) }
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -209,7 +219,8 @@ async fn replay_inbox(state: &AppState, started_ms: i64, orphan_after_secs: u64)
     let mut pending = state.store.inbox_pending(&state.node).await.context("reading the inbox")?;
     pending.retain(|e| e.created_ms < started_ms);
     if orphan_after_secs > 0 {
-        let orphans = state.store.inbox_claim_orphans(&state.node, orphan_after_secs as i64 * 1000).await.context("claiming orphaned inbox rows")?;
+        let orphans =
+            state.store.inbox_claim_orphans(&state.node, orphan_after_secs as i64 * 1000).await.context("claiming orphaned inbox rows")?;
         if !orphans.is_empty() {
             tracing::warn!(count = orphans.len(), "Took over messages left unanswered by another node.");
         }

@@ -37,18 +37,26 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
     telegram.or(feishu).unify()
 }
 
-async fn feishu(account: String, state: Arc<AppState>, headers: warp::http::HeaderMap, body: Bytes) -> Result<warp::reply::Response, Rejection> {
+async fn feishu(
+    account: String,
+    state: Arc<AppState>,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Result<warp::reply::Response, Rejection> {
     let Some(app) = state.feishu.get(&account) else {
         return Err(warp::reject::custom(ApiError::NoSuch(format!("feishu account {account:?}"))));
     };
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let rh = RequestHeaders { timestamp: h("x-lark-request-timestamp"), nonce: h("x-lark-request-nonce"), signature: h("x-lark-signature") };
+    let rh =
+        RequestHeaders { timestamp: h("x-lark-request-timestamp"), nonce: h("x-lark-request-nonce"), signature: h("x-lark-signature") };
     match app.handle(&body, &rh).await {
         Ok(EventAnswer::Challenge(c)) => Ok(warp::reply::json(&serde_json::json!({"challenge": c})).into_response()),
         Ok(EventAnswer::Ok) => Ok(warp::reply::json(&serde_json::json!({})).into_response()),
         Ok(EventAnswer::Rejected(r)) => {
             let (status, code) = match r {
-                FeishuRejection::BadJson | FeishuRejection::Undecryptable | FeishuRejection::EncryptedButNoKey => (StatusCode::BAD_REQUEST, "bad_request"),
+                FeishuRejection::BadJson | FeishuRejection::Undecryptable | FeishuRejection::EncryptedButNoKey => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
                 _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
             };
             if status == StatusCode::UNAUTHORIZED {
@@ -67,7 +75,14 @@ async fn telegram(account: String, state: Arc<AppState>, secret: Option<String>,
     };
     if !bot.secret_matches(secret.as_deref()) {
         telemetry::platform_rejected("telegram", bot.account(), "bad_secret");
-        state.audit(&format!("webhook:telegram:{}", bot.account()), "webhook.rejected", "bad_secret", "missing or wrong X-Telegram-Bot-Api-Secret-Token").await;
+        state
+            .audit(
+                &format!("webhook:telegram:{}", bot.account()),
+                "webhook.rejected",
+                "bad_secret",
+                "missing or wrong X-Telegram-Bot-Api-Secret-Token",
+            )
+            .await;
         return Err(warp::reject::custom(ApiError::Unauthorized));
     }
     let raw: serde_json::Value = match serde_json::from_slice(&body) {

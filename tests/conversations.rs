@@ -32,7 +32,8 @@ async fn admin(d: &Daemon, method: reqwest::Method, path: &str, token: Option<&s
 async fn wait_messages(d: &Daemon, key: &str, n: usize) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (s, b) = admin(d, reqwest::Method::GET, &format!("/admin/v1/conversations/{}/messages", urlencode(key)), Some("viewer-token")).await;
+        let (s, b) =
+            admin(d, reqwest::Method::GET, &format!("/admin/v1/conversations/{}/messages", urlencode(key)), Some("viewer-token")).await;
         if s == 200 && b["messages"].as_array().map(|a| a.len()) >= Some(n) {
             return b;
         }
@@ -42,7 +43,9 @@ async fn wait_messages(d: &Daemon, key: &str, n: usize) -> serde_json::Value {
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 fn storage(dir: &std::path::Path) -> String {
@@ -118,7 +121,13 @@ async fn admin_api_needs_tokens_and_roles_and_audits_everything() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let db = dir.path().join("db/switchboard.db");
     let conn = rusqlite_like_exec(&db, "SELECT actor || ' ' || action FROM audit_log ORDER BY id");
-    for needle in ["anonymous admin.unauthorized", "vera admin.conversations.list", "vera admin.forbidden", "otto admin.forbidden", "ada admin.conversations.erase"] {
+    for needle in [
+        "anonymous admin.unauthorized",
+        "vera admin.conversations.list",
+        "vera admin.forbidden",
+        "otto admin.forbidden",
+        "ada admin.conversations.erase",
+    ] {
         assert!(conn.contains(needle), "audit log lacks {needle:?}:\n{conn}");
     }
     // Editing a record breaks the chain.
@@ -194,7 +203,12 @@ async fn one_conversation_is_handled_in_order_and_different_ones_in_parallel() {
     for i in 0..5 {
         let (client, url) = (d.client.clone(), d.url("/api/v1/chat"));
         tasks.push(tokio::spawn(async move {
-            let r = client.post(url).json(&serde_json::json!({"conversation": "order", "user": "u", "text": format!("message {i}")})).send().await.unwrap();
+            let r = client
+                .post(url)
+                .json(&serde_json::json!({"conversation": "order", "user": "u", "text": format!("message {i}")}))
+                .send()
+                .await
+                .unwrap();
             r.json::<serde_json::Value>().await.unwrap()
         }));
     }
@@ -216,7 +230,13 @@ async fn one_conversation_is_handled_in_order_and_different_ones_in_parallel() {
     for i in 0..4 {
         let (client, url) = (d.client.clone(), d.url("/api/v1/chat"));
         tasks.push(tokio::spawn(async move {
-            client.post(url).json(&serde_json::json!({"conversation": format!("par-{i}"), "user": "u", "text": "hello", "max_new_tokens": 64})).send().await.unwrap().status()
+            client
+                .post(url)
+                .json(&serde_json::json!({"conversation": format!("par-{i}"), "user": "u", "text": "hello", "max_new_tokens": 64}))
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     for t in tasks {
@@ -316,9 +336,11 @@ async fn conversations_work_on_postgres() {
     d.wait_ready().await;
     let (s, _) = d.chat("pg", "hello postgres").await;
     assert_eq!(s, 200);
-    let (s, _) = d.post_json("/api/v1/chat", serde_json::json!({"conversation": "pg", "user": "u", "text": "x", "message_id": "pg-1"})).await;
+    let (s, _) =
+        d.post_json("/api/v1/chat", serde_json::json!({"conversation": "pg", "user": "u", "text": "x", "message_id": "pg-1"})).await;
     assert_eq!(s, 200);
-    let (s, _) = d.post_json("/api/v1/chat", serde_json::json!({"conversation": "pg", "user": "u", "text": "x", "message_id": "pg-1"})).await;
+    let (s, _) =
+        d.post_json("/api/v1/chat", serde_json::json!({"conversation": "pg", "user": "u", "text": "x", "message_id": "pg-1"})).await;
     assert_eq!(s, 409);
     let b = wait_messages(&d, "http:pg", 4).await;
     assert_eq!(b["conversation"]["platform"], "http");

@@ -179,7 +179,9 @@ async fn failed_session_is_restarted_and_the_next_message_answered() {
 #[tokio::test]
 async fn too_many_restarts_escalate_up_the_tree() {
     // One attempt per message: a poisonous message is dead-lettered instead of retried.
-    let mut d = Daemon::start("[testing]\nfault_injection = true\n[inbox]\nmax_attempts = 1\n[supervision]\nmax_restarts = 1\nrestart_window_secs = 60\nbackoff_initial_ms = 10\n");
+    let mut d = Daemon::start(
+        "[testing]\nfault_injection = true\n[inbox]\nmax_attempts = 1\n[supervision]\nmax_restarts = 1\nrestart_window_secs = 60\nbackoff_initial_ms = 10\n",
+    );
     d.wait_ready().await;
     // The worker fails twice for this request (first run and retry): more than 1 restart in
     // the window, so the inference supervisor gives up and the root restarts the subtree.

@@ -13,8 +13,15 @@ fn config(fake: &FakeFeishu) -> String {
     format!(
         "[[feishu]]\naccount = \"enc\"\napp_id = \"{}\"\napp_secret = \"{}\"\nverification_token = \"{}\"\nencrypt_key = \"{}\"\napi_base = \"{}\"\n\n\
          [[feishu]]\naccount = \"plain\"\napp_id = \"{}\"\napp_secret = \"{}\"\nverification_token = \"{}\"\napi_base = \"{}\"\n",
-        ff::APP_ID, ff::APP_SECRET, ff::VERIFICATION_TOKEN, ff::ENCRYPT_KEY, fake.base(),
-        ff::APP_ID, ff::APP_SECRET, ff::VERIFICATION_TOKEN, fake.base()
+        ff::APP_ID,
+        ff::APP_SECRET,
+        ff::VERIFICATION_TOKEN,
+        ff::ENCRYPT_KEY,
+        fake.base(),
+        ff::APP_ID,
+        ff::APP_SECRET,
+        ff::VERIFICATION_TOKEN,
+        fake.base()
     )
 }
 
@@ -154,7 +161,9 @@ async fn expired_token_is_refreshed_once_for_concurrent_senders_and_invalid_toke
     let ev = message_event("ev-inv", "om_inv", "oc_inv", "p2p", "invalid token", json!([]));
     assert_eq!(post_event(&d, &ev).await.0, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fake.replies().iter().any(|r| r.message_id == "om_inv" && fake.token_fetches() > fetches) || fake.replies().iter().filter(|r| r.message_id == "om_inv").count() < 2 {
+    while !fake.replies().iter().any(|r| r.message_id == "om_inv" && fake.token_fetches() > fetches)
+        || fake.replies().iter().filter(|r| r.message_id == "om_inv").count() < 2
+    {
         assert!(std::time::Instant::now() < deadline, "no retry after the token-invalid answer");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
-use common::telegram_fake::{self, BOT_USERNAME, Fault, FakeTelegram, TOKEN, group_text, private_text};
+use common::telegram_fake::{self, BOT_USERNAME, FakeTelegram, Fault, TOKEN, group_text, private_text};
 use serde_json::json;
 
 const SECRET: &str = "s3cret-Token_1";
@@ -52,7 +52,17 @@ async fn bad_secret_is_refused_and_nothing_is_answered() {
     d.wait_ready().await;
     assert_eq!(post_update(&d, None, private_text(1, 7101, "no secret")).await, 401);
     assert_eq!(post_update(&d, Some("wrong"), private_text(2, 7102, "wrong secret")).await, 401);
-    assert_eq!(d.client.post(d.url("/webhook/telegram/main")).header("X-Telegram-Bot-Api-Secret-Token", SECRET).body("{not json").send().await.unwrap().status(), 400);
+    assert_eq!(
+        d.client
+            .post(d.url("/webhook/telegram/main"))
+            .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     assert_eq!(post_update(&d, Some(SECRET), private_text(3, 7103, "right secret")).await, 200);
     let sent = fake.wait_calls("sendMessage", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -61,7 +71,14 @@ async fn bad_secret_is_refused_and_nothing_is_answered() {
     assert_eq!(sent[0].body["chat_id"], 7103);
     assert_eq!(d.metric("switchboard_platform_rejected_total{platform=\"telegram\",account=\"main\",reason=\"bad_secret\"}").await, 2.0);
     // Unknown account.
-    let r = d.client.post(d.url("/webhook/telegram/other")).header("X-Telegram-Bot-Api-Secret-Token", SECRET).json(&private_text(4, 1, "x")).send().await.unwrap();
+    let r = d
+        .client
+        .post(d.url("/webhook/telegram/other"))
+        .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+        .json(&private_text(4, 1, "x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -117,7 +134,10 @@ async fn groups_answer_only_when_addressed_with_the_mention_stripped() {
     let (s, b) = d.admin_get(&format!("/admin/v1/conversations/{key}/messages"), "viewer-token").await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["messages"][0]["content"], "what is up?");
-    assert!(d.metric("switchboard_platform_updates_total{platform=\"telegram\",account=\"main\",kind=\"message\",outcome=\"ignored\"}").await >= 1.0);
+    assert!(
+        d.metric("switchboard_platform_updates_total{platform=\"telegram\",account=\"main\",kind=\"message\",outcome=\"ignored\"}").await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,8 +103,7 @@ impl RestartTracker {
 }
 
 /// Spawns one child linked to the given supervisor cell.
-pub type SpawnFn =
-    Arc<dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>> + Send + Sync>;
+pub type SpawnFn = Arc<dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>> + Send + Sync>;
 
 /// How to (re)start one child of a supervisor.
 #[derive(Clone)]
@@ -185,9 +184,9 @@ impl Actor for SupervisorActor {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
         let mut slots = Vec::with_capacity(args.children.len());
         for spec in args.children {
-            let cell = (spec.spawn)(myself.get_cell()).await.map_err(|e| {
-                format!("supervisor {} could not start child {}: {e}", args.name, spec.name)
-            })?;
+            let cell = (spec.spawn)(myself.get_cell())
+                .await
+                .map_err(|e| format!("supervisor {} could not start child {}: {e}", args.name, spec.name))?;
             if let Some(obs) = &args.observer {
                 obs.child_up(&spec.name, &cell);
             }
@@ -302,10 +301,7 @@ mod tests {
         let mut t = RestartTracker::new(cfg(5));
         let now = Instant::now();
         let delays: Vec<_> = (0..5).map(|_| t.on_failure(now)).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1000].map(|ms| RestartDecision::RestartAfter(Duration::from_millis(ms)))
-        );
+        assert_eq!(delays, [100, 200, 400, 800, 1000].map(|ms| RestartDecision::RestartAfter(Duration::from_millis(ms))));
         assert_eq!(t.on_failure(now), RestartDecision::Escalate);
     }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
 pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
@@ -73,7 +73,10 @@ pub fn describe() {
     describe_counter!(ADMIN_REQUESTS, "Admin API requests by outcome (ok, unauthorized, forbidden, error).");
     describe_gauge!(INFERENCE_QUEUE_CAPACITY, "Configured inference queue limit (`inference.max_queue`).");
     describe_counter!(SUPERVISOR_ESCALATIONS, "Supervisors that gave up after too many restarts, by supervisor.");
-    describe_counter!(PLATFORM_UPDATES, "Platform updates/events received, by platform, account, kind and outcome (handled, ignored, duplicate).");
+    describe_counter!(
+        PLATFORM_UPDATES,
+        "Platform updates/events received, by platform, account, kind and outcome (handled, ignored, duplicate)."
+    );
     describe_counter!(PLATFORM_REJECTED, "Webhook requests rejected, by platform, account and reason (bad_secret, bad_signature, …).");
     describe_counter!(EGRESS_SENDS, "Sends to a platform, by platform, account and outcome.");
     describe_counter!(EGRESS_RATE_LIMITED, "Sends the platform answered with a rate limit (429), by platform and account.");
@@ -178,7 +181,9 @@ pub fn register_known_series(workers: usize, max_queue: usize) {
         counter!(INFERENCE_REJECTED, "reason" => reason).absolute(0);
     }
     let mut actors: Vec<String> =
-        ["inference", "sessions", "ingress", "egress", "housekeeping", "inference.batcher", "ingress.http", "session"].map(String::from).to_vec();
+        ["inference", "sessions", "ingress", "egress", "housekeeping", "inference.batcher", "ingress.http", "session"]
+            .map(String::from)
+            .to_vec();
     actors.extend((0..workers).map(|i| format!("inference.worker.{i}")));
     for actor in actors {
         counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);

@@ -17,14 +17,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::inference::worker::worker_name;
-use crate::inference::{
-    BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, InferenceClient, InferenceConfig, WorkerActor, WorkerArgs,
-};
+use crate::inference::{BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, InferenceClient, InferenceConfig, WorkerActor, WorkerArgs};
 use crate::model::{ModelAssets, SessionOptions};
-use crate::session::actor::ReplyPort;
-use crate::session::{ChatError, ChatRequest, InboxConfig, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
 use crate::platforms::egress::{EgressActor, EgressArgs, PlatformSender, egress_name};
 use crate::platforms::telegram_bot::{TelegramBot, TelegramPollerActor};
+use crate::session::actor::ReplyPort;
+use crate::session::{ChatError, ChatRequest, InboxConfig, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
 use crate::store::Store;
 use crate::supervisor::{ChildObserver, ChildSpec, SupervisionConfig, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use crate::telemetry;
@@ -182,9 +180,7 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
         let upkeep = cfg.upkeep.clone();
         ChildSpec::new("housekeeping", move |parent| {
             let upkeep = upkeep.clone();
-            async move {
-                Actor::spawn_linked(Some("housekeeping".into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell())
-            }
+            async move { Actor::spawn_linked(Some("housekeeping".into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
 
@@ -255,7 +251,12 @@ impl Actor for HousekeepingActor {
         Ok(HousekeepingState { started: Instant::now(), upkeep })
     }
 
-    async fn handle(&self, _myself: ActorRef<HousekeepingMsg>, _msg: HousekeepingMsg, state: &mut HousekeepingState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<HousekeepingMsg>,
+        _msg: HousekeepingMsg,
+        state: &mut HousekeepingState,
+    ) -> Result<(), ActorProcessingErr> {
         (state.upkeep)();
         metrics::gauge!(telemetry::UPTIME).set(state.started.elapsed().as_secs_f64());
         Ok(())

@@ -90,13 +90,16 @@ impl FakeFeishu {
                 json_resp(json!({"code": 0, "msg": "ok", "tenant_access_token": t, "expire": g.expire_secs}), 200)
             });
         let i2 = inner.clone();
-        let bot = warp::path!("open-apis" / "bot" / "v3" / "info").and(warp::get()).and(warp::header::optional::<String>("authorization")).map(move |auth: Option<String>| {
-            let ok = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|t| i2.lock().unwrap().valid.contains(t));
-            if !ok {
-                return json_resp(json!({"code": 99991663, "msg": "Invalid access token for authorization."}), 400);
-            }
-            json_resp(json!({"code": 0, "msg": "ok", "bot": {"open_id": BOT_OPEN_ID, "app_name": "Switchboard"}}), 200)
-        });
+        let bot = warp::path!("open-apis" / "bot" / "v3" / "info")
+            .and(warp::get())
+            .and(warp::header::optional::<String>("authorization"))
+            .map(move |auth: Option<String>| {
+                let ok = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|t| i2.lock().unwrap().valid.contains(t));
+                if !ok {
+                    return json_resp(json!({"code": 99991663, "msg": "Invalid access token for authorization."}), 400);
+                }
+                json_resp(json!({"code": 0, "msg": "ok", "bot": {"open_id": BOT_OPEN_ID, "app_name": "Switchboard"}}), 200)
+            });
         let i3 = inner.clone();
         let reply = warp::path!("open-apis" / "im" / "v1" / "messages" / String / "reply")
             .and(warp::post())
@@ -110,7 +113,9 @@ impl FakeFeishu {
                     return json_resp(json!({"code": 99991663, "msg": "Invalid access token for authorization."}), 400);
                 }
                 match g.faults.pop_front() {
-                    Some(ReplyFault::RateLimited) => return json_resp(json!({"code": 99991400, "msg": "request trigger frequency limit"}), 429),
+                    Some(ReplyFault::RateLimited) => {
+                        return json_resp(json!({"code": 99991400, "msg": "request trigger frequency limit"}), 429);
+                    }
                     Some(ReplyFault::ServerError) => return json_resp(json!({"code": 1, "msg": "internal error"}), 500),
                     Some(ReplyFault::TokenInvalid) => {
                         g.valid.remove(&token);
@@ -214,14 +219,7 @@ pub fn signed_encrypted(plain: &Value, timestamp: i64) -> (Vec<(String, String)>
     h.update(ENCRYPT_KEY.as_bytes());
     h.update(body.as_bytes());
     let sig = hex::encode(h.finalize());
-    (
-        vec![
-            ("X-Lark-Request-Timestamp".into(), ts),
-            ("X-Lark-Request-Nonce".into(), nonce.into()),
-            ("X-Lark-Signature".into(), sig),
-        ],
-        body,
-    )
+    (vec![("X-Lark-Request-Timestamp".into(), ts), ("X-Lark-Request-Nonce".into(), nonce.into()), ("X-Lark-Signature".into(), sig)], body)
 }
 
 pub fn now_secs() -> i64 {

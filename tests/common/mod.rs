@@ -190,7 +190,12 @@ pub fn sum_metric(text: &str, prefix: &str) -> f64 {
         .filter(|l| {
             // `name` alone must not match `name_bucket` etc.
             let rest = &l[prefix.len()..];
-            rest.starts_with(' ') || rest.starts_with('{') || rest.starts_with(',') || rest.starts_with('}') || prefix.ends_with(',') || prefix.ends_with('"')
+            rest.starts_with(' ')
+                || rest.starts_with('{')
+                || rest.starts_with(',')
+                || rest.starts_with('}')
+                || prefix.ends_with(',')
+                || prefix.ends_with('"')
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -56,13 +56,12 @@ impl FakeTelegram {
         let inner = Arc::new(Mutex::new(Inner { next_message_id: 5000, ..Default::default() }));
         let notify = Arc::new(tokio::sync::Notify::new());
         let (i2, n2) = (inner.clone(), notify.clone());
-        let route = warp::path!(String / String)
-            .and(warp::post())
-            .and(warp::body::bytes())
-            .and_then(move |bot: String, method: String, body: bytes::Bytes| {
+        let route = warp::path!(String / String).and(warp::post()).and(warp::body::bytes()).and_then(
+            move |bot: String, method: String, body: bytes::Bytes| {
                 let (inner, notify) = (i2.clone(), n2.clone());
                 async move { Ok::<_, std::convert::Infallible>(handle(inner, notify, bot, method, body).await) }
-            });
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -98,7 +97,9 @@ impl FakeTelegram {
             if c.len() >= n {
                 return c;
             }
-            if Instant::now() >= deadline { panic!("expected {n} {method} calls, got {}: {:?}", c.len(), c); }
+            if Instant::now() >= deadline {
+                panic!("expected {n} {method} calls, got {}: {:?}", c.len(), c);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -118,7 +119,13 @@ fn err(status: u16, description: &str, parameters: Option<Value>) -> warp::reply
 
 use warp::Reply;
 
-async fn handle(inner: Arc<Mutex<Inner>>, notify: Arc<tokio::sync::Notify>, bot: String, method: String, body: bytes::Bytes) -> warp::reply::Response {
+async fn handle(
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<tokio::sync::Notify>,
+    bot: String,
+    method: String,
+    body: bytes::Bytes,
+) -> warp::reply::Response {
     if bot != format!("bot{TOKEN}") {
         return err(401, "Unauthorized", None);
     }
@@ -136,7 +143,11 @@ async fn handle(inner: Arc<Mutex<Inner>>, notify: Arc<tokio::sync::Notify>, bot:
         }
         "getUpdates" => {
             if inner.lock().unwrap().webhook.is_some() {
-                return err(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first", None);
+                return err(
+                    409,
+                    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+                    None,
+                );
             }
             let offset = body["offset"].as_i64().unwrap_or(0);
             let timeout = body["timeout"].as_u64().unwrap_or(0).min(2);
@@ -160,14 +171,18 @@ async fn handle(inner: Arc<Mutex<Inner>>, notify: Arc<tokio::sync::Notify>, bot:
                 Some(Fault::RetryAfter(s)) => err(429, &format!("Too Many Requests: retry after {s}"), Some(json!({"retry_after": s}))),
                 Some(Fault::ServerError) => err(502, "Bad Gateway", None),
                 Some(Fault::Forbidden) => err(403, "Forbidden: bot was blocked by the user", None),
-                Some(Fault::Migrate(to)) => err(400, "Bad Request: group chat was upgraded to a supergroup chat", Some(json!({"migrate_to_chat_id": to}))),
+                Some(Fault::Migrate(to)) => {
+                    err(400, "Bad Request: group chat was upgraded to a supergroup chat", Some(json!({"migrate_to_chat_id": to})))
+                }
                 Some(Fault::CantParseEntities) if body["parse_mode"].is_string() => {
                     err(400, "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0", None)
                 }
                 _ => {
                     let mut g = inner.lock().unwrap();
                     g.next_message_id += 1;
-                    ok(json!({"message_id": g.next_message_id, "date": 1_700_000_000, "chat": {"id": body["chat_id"], "type": "private"}, "text": body["text"]}))
+                    ok(
+                        json!({"message_id": g.next_message_id, "date": 1_700_000_000, "chat": {"id": body["chat_id"], "type": "private"}, "text": body["text"]}),
+                    )
                 }
             }
         }

@@ -258,7 +258,8 @@ impl BatcherActor {
             for r in &reqs {
                 telemetry::queue_wait(now.saturating_duration_since(r.submitted));
             }
-            if let Err(std::sync::mpsc::SendError(job)) = state.queue.workers.get(&worker).expect("planned").jobs.send(WorkerJob::Run(reqs)) {
+            if let Err(std::sync::mpsc::SendError(job)) = state.queue.workers.get(&worker).expect("planned").jobs.send(WorkerJob::Run(reqs))
+            {
                 // The thread is gone; its actor will be restarted. Retry its requests elsewhere.
                 drop(job);
                 for req in state.queue.worker_down(worker) {

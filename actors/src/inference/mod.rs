@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-pub use client::{GenerateOptions, InferenceClient};
 pub use batcher::{BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, QueueState};
+pub use client::{GenerateOptions, InferenceClient};
 pub use config::{ExecutionProvider, InferenceConfig};
 pub use engine::Engine;
 pub use worker::{WorkerActor, WorkerArgs, WorkerMsg};

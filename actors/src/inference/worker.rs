@@ -76,9 +76,7 @@ impl Actor for WorkerActor {
         let (tx, rx) = std::sync::mpsc::channel();
         let engine = Engine::new(model, assets);
         let me = myself.clone();
-        std::thread::Builder::new()
-            .name(format!("infer-{id}"))
-            .spawn(move || worker_thread(id, engine, rx, max_batch, me))?;
+        std::thread::Builder::new().name(format!("infer-{id}")).spawn(move || worker_thread(id, engine, rx, max_batch, me))?;
         let state = WorkerState { id, jobs: tx, max_batch };
         state.announce();
         Ok(state)

@@ -86,19 +86,15 @@ impl ModelAssets {
             .find(|p| p.is_file())
             .ok_or_else(|| ModelError::Asset(format!("no model.onnx in {}", dir.display())))?;
         let config = read_json(&dir.join("config.json"))?;
-        let gen_cfg = if dir.join("generation_config.json").is_file() {
-            read_json(&dir.join("generation_config.json"))?
-        } else {
-            Value::Null
-        };
+        let gen_cfg =
+            if dir.join("generation_config.json").is_file() { read_json(&dir.join("generation_config.json"))? } else { Value::Null };
         let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| ModelError::Asset(format!("cannot load {}/tokenizer.json: {e}", dir.display())))?;
 
         let context_window = first_usize(&config, &["max_position_embeddings", "n_positions", "n_ctx"])
             .ok_or_else(|| ModelError::Asset("config.json has no max_position_embeddings / n_positions".into()))?;
-        let vocab_size = first_usize(&config, &["vocab_size"])
-            .ok_or_else(|| ModelError::Asset("config.json has no vocab_size".into()))?;
+        let vocab_size = first_usize(&config, &["vocab_size"]).ok_or_else(|| ModelError::Asset("config.json has no vocab_size".into()))?;
 
         let eos_token = token_text(tok_config.get("eos_token"));
         let bos_token = token_text(tok_config.get("bos_token"));
@@ -133,10 +129,7 @@ impl ModelAssets {
     /// Tokenizes a rendered prompt. Special tokens written in the template (e.g. `<|im_start|>`)
     /// are matched as such; no extra BOS/EOS is added since the template already has them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        self.tokenizer
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// Decodes ids to text, skipping special tokens.
@@ -179,8 +172,7 @@ impl ChatTemplate {
             "eos_token": self.eos_token,
         });
         let tmpl = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
-        tmpl.render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
-            .map_err(|e| ModelError::Template(e.to_string()))
+        tmpl.render(minijinja::Value::from(minijinja::value::Serde(&ctx))).map_err(|e| ModelError::Template(e.to_string()))
     }
 }
 
@@ -191,8 +183,8 @@ fn py_tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Resul
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json: Value = serde_json::to_value(&value)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
+    let json: Value =
+        serde_json::to_value(&value).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
     let out = match indent {
         Some(n) => {
             let ind = vec![b' '; n];
@@ -214,10 +206,7 @@ fn python_compact(v: &Value) -> String {
         Value::Array(a) => format!("[{}]", a.iter().map(python_compact).collect::<Vec<_>>().join(", ")),
         Value::Object(o) => format!(
             "{{{}}}",
-            o.iter()
-                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_compact(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            o.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_compact(v))).collect::<Vec<_>>().join(", ")
         ),
         other => other.to_string(),
     }
@@ -232,9 +221,7 @@ mod tests {
     #[test]
     fn chatml_renders_like_transformers() {
         let t = ChatTemplate::new(CHATML, String::new(), "<|im_end|>".into()).unwrap();
-        let out = t
-            .render(&[ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")], true)
-            .unwrap();
+        let out = t.render(&[ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")], true).unwrap();
         assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
 

@@ -37,11 +37,7 @@ impl IncrementalDecoder {
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], true).unwrap_or_default();
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
-            full[prefix.len()..].to_string()
-        } else {
-            String::new()
-        }
+        if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) { full[prefix.len()..].to_string() } else { String::new() }
     }
 
     /// All generated ids.

@@ -120,11 +120,15 @@ impl OnnxModel {
             layers += 1;
         }
         if layers == 0 {
-            return Err(ModelError::Graph("the graph has no `past_key_values.0.key` input (export with past, e.g. `--task text-generation-with-past`)".into()));
+            return Err(ModelError::Graph(
+                "the graph has no `past_key_values.0.key` input (export with past, e.g. `--task text-generation-with-past`)".into(),
+            ));
         }
         let dims = &inputs.iter().find(|(n, _)| n == "past_key_values.0.key").expect("checked above").1;
         if dims.len() != 4 || dims[1] <= 0 || dims[3] <= 0 {
-            return Err(ModelError::Graph(format!("`past_key_values.0.key` must be [batch, heads, past, head_dim] with fixed heads and head_dim; it is {dims:?}")));
+            return Err(ModelError::Graph(format!(
+                "`past_key_values.0.key` must be [batch, heads, past, head_dim] with fixed heads and head_dim; it is {dims:?}"
+            )));
         }
         let (kv_heads, head_dim) = (dims[1] as usize, dims[3] as usize);
         let mut past_names = Vec::new();
@@ -148,9 +152,7 @@ impl OnnxModel {
     pub fn empty_cache(&self, batch: usize) -> Result<KvCache, ModelError> {
         let tensors = (0..2 * self.layers)
             .map(|_| {
-                Tensor::from_array(([batch, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
-                    .map(|t| t.into_dyn())
-                    .map_err(ort_err)
+                Tensor::from_array(([batch, self.kv_heads, 0, self.head_dim], Vec::<f32>::new())).map(|t| t.into_dyn()).map_err(ort_err)
             })
             .collect::<Result<_, _>>()?;
         Ok(KvCache { tensors, batch, len: 0 })

@@ -16,7 +16,9 @@ pub fn resolve_secret(key: &str, inline: &Option<String>, file: &Option<PathBuf>
             .map_err(|e| format!("`{key}_file`: cannot read {}: {e}", path.display()));
     }
     if let Some(var) = env {
-        return std::env::var(var).map(|v| Some(v.trim().to_string())).map_err(|_| format!("`{key}_env`: environment variable {var} is not set"));
+        return std::env::var(var)
+            .map(|v| Some(v.trim().to_string()))
+            .map_err(|_| format!("`{key}_env`: environment variable {var} is not set"));
     }
     Ok(None)
 }

@@ -77,7 +77,12 @@ pub enum EgressMsg {
     Typing { route: Value },
     /// Stream a reply as it is generated: text deltas arrive on `deltas`; when it closes,
     /// `done` says whether generation succeeded (the final text is then sent in full).
-    Stream { route: Value, deltas: tokio::sync::mpsc::UnboundedReceiver<String>, done: tokio::sync::oneshot::Receiver<bool>, inbox_id: Option<i64> },
+    Stream {
+        route: Value,
+        deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
+        done: tokio::sync::oneshot::Receiver<bool>,
+        inbox_id: Option<i64>,
+    },
 }
 
 pub struct EgressState {
@@ -115,31 +120,37 @@ impl Actor for EgressActor {
                 let store = state.store.clone();
                 let max_attempts = state.max_attempts;
                 let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0));
-                tokio::spawn(tracing::Instrument::instrument(async move {
-                    let key_base = inbox_id.map(|i| format!("sb-{i}")).unwrap_or_else(|| format!("sb-x{}", rand::random::<u32>()));
-                    let mut failure = None;
-                    for (i, (at, chunk)) in plan.into_iter().enumerate() {
-                        tokio::time::sleep_until(at.into()).await;
-                        if let Err(e) = deliver(&*sender, &route, &chunk, &format!("{key_base}-{i}"), i == 0, max_attempts).await {
-                            failure = Some(e);
-                            break;
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let key_base = inbox_id.map(|i| format!("sb-{i}")).unwrap_or_else(|| format!("sb-x{}", rand::random::<u32>()));
+                        let mut failure = None;
+                        for (i, (at, chunk)) in plan.into_iter().enumerate() {
+                            tokio::time::sleep_until(at.into()).await;
+                            if let Err(e) = deliver(&*sender, &route, &chunk, &format!("{key_base}-{i}"), i == 0, max_attempts).await {
+                                failure = Some(e);
+                                break;
+                            }
                         }
-                    }
-                    if let Some(id) = inbox_id {
-                        let (status, err) = match &failure {
-                            None => (InboxStatus::Done, None),
-                            Some(e) => (InboxStatus::Rejected, Some(e.as_str())),
-                        };
-                        if let Err(e) = store.inbox_finish(id, status, err).await {
-                            tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
+                        if let Some(id) = inbox_id {
+                            let (status, err) = match &failure {
+                                None => (InboxStatus::Done, None),
+                                Some(e) => (InboxStatus::Rejected, Some(e.as_str())),
+                            };
+                            if let Err(e) = store.inbox_finish(id, status, err).await {
+                                tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
+                            }
                         }
-                    }
-                }, span));
+                    },
+                    span,
+                ));
             }
             EgressMsg::Stream { route, deltas, done, inbox_id } => {
                 let (sender, store, max_attempts) = (state.sender.clone(), state.store.clone(), state.max_attempts);
                 let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0), stream = true);
-                tokio::spawn(tracing::Instrument::instrument(stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts), span));
+                tokio::spawn(tracing::Instrument::instrument(
+                    stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts),
+                    span,
+                ));
             }
             EgressMsg::Typing { route } => {
                 let sender = state.sender.clone();

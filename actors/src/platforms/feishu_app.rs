@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::config::FeishuConfig;
 use super::egress::{self, PlatformSender, SendError};
-use super::feishu::event::{self, Envelope, RequestHeaders, Rejection, VerifyConfig};
+use super::feishu::event::{self, Envelope, Rejection, RequestHeaders, VerifyConfig};
 use super::feishu::message::{self, ChatType, TEXT_CHUNK_LIMIT_BYTES};
 use super::feishu::{FeishuApi, FsError, text_content};
 use super::telegram::ratelimit::{Limits, Rate, SendLimiter};
@@ -45,7 +45,11 @@ pub struct FeishuApp {
 
 impl FeishuApp {
     pub fn new(config: FeishuConfig, app_secret: &str, store: Arc<dyn Store>, node: String, group_scope: GroupScope) -> Self {
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(30)).build().expect("HTTP client");
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
         let api = FeishuApi::new(client, &config.api_base, &config.app_id, app_secret);
         let mut verify = VerifyConfig::new(&config.verification_token, config.encrypt_key.as_deref());
         verify.max_skew = Duration::from_secs(config.max_skew_secs);
@@ -68,7 +72,9 @@ impl FeishuApp {
                 tracing::info!(account = %self.config.account, app = %info.app_name, "Feishu bot identified.");
                 *self.bot_open_id.write().expect("lock") = Some(info.open_id);
             }
-            Err(e) => tracing::warn!(account = %self.config.account, error = %e, "Could not fetch the Feishu bot info; group mentions need `bot_open_id`."),
+            Err(e) => {
+                tracing::warn!(account = %self.config.account, error = %e, "Could not fetch the Feishu bot info; group mentions need `bot_open_id`.")
+            }
         }
         self.record_refreshes();
     }
@@ -277,7 +283,12 @@ pub fn looks_like_markdown(text: &str) -> bool {
         || (text.contains("](") && text.contains('['))
         || text.lines().any(|l| {
             let t = l.trim_start();
-            t.starts_with("# ") || t.starts_with("## ") || t.starts_with("### ") || t.starts_with("- ") || t.starts_with("* ") || t.starts_with("1. ")
+            t.starts_with("# ")
+                || t.starts_with("## ")
+                || t.starts_with("### ")
+                || t.starts_with("- ")
+                || t.starts_with("* ")
+                || t.starts_with("1. ")
         })
 }
 

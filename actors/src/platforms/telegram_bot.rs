@@ -45,7 +45,14 @@ pub struct TelegramBot {
 }
 
 impl TelegramBot {
-    pub fn new(config: TelegramConfig, token: &str, store: Arc<dyn Store>, node: String, group_scope: GroupScope, fault_injection: bool) -> Self {
+    pub fn new(
+        config: TelegramConfig,
+        token: &str,
+        store: Arc<dyn Store>,
+        node: String,
+        group_scope: GroupScope,
+        fault_injection: bool,
+    ) -> Self {
         let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client");
         let api = BotApi::new(client, &config.api_base, token);
         let identity = RwLock::new(BotIdentity::new(None, config.bot_username.as_deref().unwrap_or_default()));

@@ -10,9 +10,9 @@ use tracing::Instrument;
 
 use super::router::{ROUTER_NAME, RouterMsg};
 use super::{ChatError, ChatReply, ChatRequest, InboxConfig, InboxPayload, SessionConfig};
-use crate::platforms::egress;
 use crate::inference::{Fault, GenEvent, InferenceClient, InferenceError};
 use crate::model::ChatMessage;
+use crate::platforms::egress;
 use crate::store::{InboxEntry, InboxStatus, Store, Turn};
 use crate::telemetry;
 

@@ -164,7 +164,12 @@ impl Actor for SessionRouterActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<RouterMsg>, evt: SupervisionEvent, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        evt: SupervisionEvent,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
             SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),

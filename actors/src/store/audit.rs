@@ -58,7 +58,16 @@ mod tests {
         (0..n)
             .map(|i| {
                 let hash = record_hash(&prev, i as i64, "admin", "act", "t", "d");
-                let r = AuditRecord { id: i as i64 + 1, at_ms: i as i64, actor: "admin".into(), action: "act".into(), target: "t".into(), detail: "d".into(), prev_hash: prev.clone(), hash: hash.clone() };
+                let r = AuditRecord {
+                    id: i as i64 + 1,
+                    at_ms: i as i64,
+                    actor: "admin".into(),
+                    action: "act".into(),
+                    target: "t".into(),
+                    detail: "d".into(),
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 r
             })

@@ -186,8 +186,7 @@ fn conversation_info(r: &AnyRow) -> Result<ConversationInfo, sqlx::Error> {
 }
 
 const INBOX_COLUMNS: &str = "id, platform, account, conversation, user_id, text, payload, attempts, created_ms";
-const CONVERSATION_COLUMNS: &str =
-    "c.key, c.hash, c.platform, c.epoch, c.created_ms, c.updated_ms, (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.key) AS messages";
+const CONVERSATION_COLUMNS: &str = "c.key, c.hash, c.platform, c.epoch, c.created_ms, c.updated_ms, (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.key) AS messages";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -356,15 +355,21 @@ impl Store for SqlStore {
     async fn save_turns(&self, conversation: &str, hash: &str, platform: &str, turns: &[Turn]) -> StoreResult<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let sql = self.q(
-            "INSERT INTO conversations (key, hash, platform, epoch, created_ms, updated_ms) VALUES (?, ?, ?, 0, ?, ?) \
-             ON CONFLICT (key) DO UPDATE SET updated_ms = excluded.updated_ms RETURNING epoch",
-        );
+        let sql = self.q("INSERT INTO conversations (key, hash, platform, epoch, created_ms, updated_ms) VALUES (?, ?, ?, 0, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET updated_ms = excluded.updated_ms RETURNING epoch");
         let r = sqlx::query(&sql).bind(conversation).bind(hash).bind(platform).bind(now).bind(now).fetch_one(&mut *tx).await?;
         let epoch: i64 = r.try_get("epoch")?;
         let sql = self.q("INSERT INTO messages (conversation, epoch, role, user_id, content, created_ms) VALUES (?, ?, ?, ?, ?, ?)");
         for t in turns {
-            sqlx::query(&sql).bind(conversation).bind(epoch).bind(t.role).bind(&t.user).bind(&t.content).bind(now).execute(&mut *tx).await?;
+            sqlx::query(&sql)
+                .bind(conversation)
+                .bind(epoch)
+                .bind(t.role)
+                .bind(&t.user)
+                .bind(&t.content)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -383,10 +388,8 @@ impl Store for SqlStore {
 
     async fn reset(&self, conversation: &str, hash: &str, platform: &str) -> StoreResult<()> {
         let now = now_ms();
-        let sql = self.q(
-            "INSERT INTO conversations (key, hash, platform, epoch, created_ms, updated_ms) VALUES (?, ?, ?, 1, ?, ?) \
-             ON CONFLICT (key) DO UPDATE SET epoch = conversations.epoch + 1, updated_ms = excluded.updated_ms",
-        );
+        let sql = self.q("INSERT INTO conversations (key, hash, platform, epoch, created_ms, updated_ms) VALUES (?, ?, ?, 1, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET epoch = conversations.epoch + 1, updated_ms = excluded.updated_ms");
         sqlx::query(&sql).bind(conversation).bind(hash).bind(platform).bind(now).bind(now).execute(&self.pool).await?;
         Ok(())
     }
@@ -394,7 +397,8 @@ impl Store for SqlStore {
     async fn conversations(&self, platform: Option<&str>, limit: i64) -> StoreResult<Vec<ConversationInfo>> {
         let rows = match platform {
             Some(p) => {
-                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.platform = ? ORDER BY c.updated_ms DESC LIMIT ?");
+                let sql =
+                    format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.platform = ? ORDER BY c.updated_ms DESC LIMIT ?");
                 sqlx::query(&self.q(&sql)).bind(p).bind(limit).fetch_all(&self.pool).await?
             }
             None => {
@@ -419,7 +423,12 @@ impl Store for SqlStore {
 
     async fn rename_conversation(&self, from: &str, to: &str, to_hash: &str) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&self.q("UPDATE conversations SET key = ?, hash = ? WHERE key = ?")).bind(to).bind(to_hash).bind(from).execute(&mut *tx).await?;
+        sqlx::query(&self.q("UPDATE conversations SET key = ?, hash = ? WHERE key = ?"))
+            .bind(to)
+            .bind(to_hash)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&self.q("UPDATE messages SET conversation = ? WHERE conversation = ?")).bind(to).bind(from).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -456,7 +465,9 @@ impl Store for SqlStore {
     }
 
     async fn audit_records(&self) -> StoreResult<Vec<AuditRecord>> {
-        let rows = sqlx::query("SELECT id, at_ms, actor, action, target, detail, prev_hash, hash FROM audit_log ORDER BY id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, at_ms, actor, action, target, detail, prev_hash, hash FROM audit_log ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRecord {

@@ -46,11 +46,7 @@ pub struct FeishuApi {
 
 impl std::fmt::Debug for FeishuApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeishuApi")
-            .field("base", &self.base)
-            .field("app_id", &self.app_id)
-            .field("app_secret", &"<redacted>")
-            .finish()
+        f.debug_struct("FeishuApi").field("base", &self.base).field("app_id", &self.app_id).field("app_secret", &"<redacted>").finish()
     }
 }
 
@@ -86,13 +82,7 @@ impl FeishuApi {
     /// returns the new message id. `content_json` is serialized content (see
     /// [`text_content`]); `uuid` (at most 50 characters, empty for none) makes the send
     /// idempotent for an hour.
-    pub async fn reply(
-        &self,
-        message_id: &str,
-        msg_type: &str,
-        content_json: &str,
-        uuid: &str,
-    ) -> Result<String, FsError> {
+    pub async fn reply(&self, message_id: &str, msg_type: &str, content_json: &str, uuid: &str) -> Result<String, FsError> {
         check_id(message_id)?;
         let mut body = json!({ "msg_type": msg_type, "content": content_json });
         if !uuid.is_empty() {
@@ -114,8 +104,7 @@ impl FeishuApi {
         uuid: &str,
     ) -> Result<String, FsError> {
         check_id(receive_id_type)?;
-        let mut body =
-            json!({ "receive_id": receive_id, "msg_type": msg_type, "content": content_json });
+        let mut body = json!({ "receive_id": receive_id, "msg_type": msg_type, "content": content_json });
         if !uuid.is_empty() {
             body["uuid"] = json!(uuid);
         }
@@ -126,55 +115,30 @@ impl FeishuApi {
 
     /// The bot's identity (`GET /open-apis/bot/v3/info`).
     pub async fn bot_info(&self) -> Result<BotInfo, FsError> {
-        let body = self
-            .call_raw(Method::GET, "/open-apis/bot/v3/info", None)
-            .await?;
+        let body = self.call_raw(Method::GET, "/open-apis/bot/v3/info", None).await?;
         let bot = body.get("bot").unwrap_or(&Value::Null);
         let open_id = bot
             .get("open_id")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| FsError::Transient("bot info without an open_id".to_string()))?;
-        Ok(BotInfo {
-            open_id: open_id.to_string(),
-            app_name: bot
-                .get("app_name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        })
+        Ok(BotInfo { open_id: open_id.to_string(), app_name: bot.get("app_name").and_then(Value::as_str).unwrap_or("").to_string() })
     }
 
     /// Calls an authenticated Open API endpoint (`path` starts with `/open-apis/`) and returns
     /// its `data`. On a token-invalid code the token is dropped, refreshed and the call
     /// retried once.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, FsError> {
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, FsError> {
         let mut whole = self.call_raw(method, path, body).await?;
-        Ok(whole
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or(Value::Null))
+        Ok(whole.get_mut("data").map(Value::take).unwrap_or(Value::Null))
     }
 
     /// Like [`FeishuApi::call`] but returns the whole response body.
-    async fn call_raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, FsError> {
+    async fn call_raw(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, FsError> {
         let token = self.tenant_token().await?;
         match self.request(method.clone(), path, body, &token).await {
             Err(FsError::TokenInvalid) => {
-                tracing::info!(
-                    path,
-                    "Feishu rejected the tenant token; refreshing it and retrying once."
-                );
+                tracing::info!(path, "Feishu rejected the tenant token; refreshing it and retrying once.");
                 self.tokens.invalidate_if(&token);
                 let token = self.tenant_token().await?;
                 self.request(method, path, body, &token).await
@@ -184,13 +148,7 @@ impl FeishuApi {
     }
 
     /// One HTTP round trip with the given token.
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        token: &str,
-    ) -> Result<Value, FsError> {
+    async fn request(&self, method: Method, path: &str, body: Option<&Value>, token: &str) -> Result<Value, FsError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.client.request(method, url).bearer_auth(token);
         if let Some(body) = body {
@@ -201,22 +159,12 @@ impl FeishuApi {
 
     /// `POST /open-apis/auth/v3/tenant_access_token/internal`.
     async fn fetch_token(&self) -> Result<FetchedToken, FsError> {
-        let url = format!(
-            "{}/open-apis/auth/v3/tenant_access_token/internal",
-            self.base
-        );
+        let url = format!("{}/open-apis/auth/v3/tenant_access_token/internal", self.base);
         let body = json!({ "app_id": self.app_id, "app_secret": self.app_secret });
-        let req = self
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, JSON_UTF8)
-            .body(body.to_string());
+        let req = self.client.post(url).header(CONTENT_TYPE, JSON_UTF8).body(body.to_string());
         let whole = send_and_classify(req).await.map_err(|e| match e {
             // The token endpoint has no token to be invalid; treat such codes as permanent.
-            FsError::TokenInvalid => FsError::Permanent {
-                code: -1,
-                msg: "the token endpoint reported an invalid token".to_string(),
-            },
+            FsError::TokenInvalid => FsError::Permanent { code: -1, msg: "the token endpoint reported an invalid token".to_string() },
             other => other,
         })?;
         let token = whole
@@ -226,24 +174,16 @@ impl FeishuApi {
             .ok_or_else(|| FsError::Transient("token response without a token".to_string()))?;
         let expire_secs = whole.get("expire").and_then(Value::as_u64).unwrap_or(0);
         tracing::debug!(expire_secs, "Fetched a new Feishu tenant access token.");
-        Ok(FetchedToken {
-            token: token.to_string(),
-            expire_secs,
-        })
+        Ok(FetchedToken { token: token.to_string(), expire_secs })
     }
 }
 
 /// Sends a request and classifies the answer, returning the whole body on success.
 pub(super) async fn send_and_classify(req: reqwest::RequestBuilder) -> Result<Value, FsError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| FsError::Transient(format!("request failed: {}", e.without_url())))?;
+    let resp = req.send().await.map_err(|e| FsError::Transient(format!("request failed: {}", e.without_url())))?;
     let status = resp.status().as_u16();
     let hint = retry_after_hint(resp.headers());
-    let text = resp.text().await.map_err(|e| {
-        FsError::Transient(format!("reading the response failed: {}", e.without_url()))
-    })?;
+    let text = resp.text().await.map_err(|e| FsError::Transient(format!("reading the response failed: {}", e.without_url())))?;
     classify_body(status, &text).map_err(|e| match e {
         FsError::RateLimited { retry_after: None } => FsError::RateLimited { retry_after: hint },
         other => other,
@@ -252,17 +192,10 @@ pub(super) async fn send_and_classify(req: reqwest::RequestBuilder) -> Result<Va
 
 /// Rejects ids that would break the URL path (real ids are `[A-Za-z0-9_-]`).
 fn check_id(id: &str) -> Result<(), FsError> {
-    if !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         Ok(())
     } else {
-        Err(FsError::Permanent {
-            code: -1,
-            msg: "invalid id in request path".to_string(),
-        })
+        Err(FsError::Permanent { code: -1, msg: "invalid id in request path".to_string() })
     }
 }
 

@@ -34,20 +34,15 @@ pub enum CryptoError {
 /// AES-256-CBC with key `SHA-256(encrypt_key)`, IV = the first 16 bytes of the base64-decoded
 /// data, and real PKCS#7 unpadding (every pad byte equal, value 1..=16).
 pub fn decrypt(encrypt_key: &str, encrypted_b64: &str) -> Result<String, CryptoError> {
-    let raw = B64
-        .decode(encrypted_b64.trim())
-        .map_err(|_| CryptoError::Base64)?;
+    let raw = B64.decode(encrypted_b64.trim()).map_err(|_| CryptoError::Base64)?;
     if raw.len() < 2 * BLOCK || raw.len() % BLOCK != 0 {
         return Err(CryptoError::Length(raw.len()));
     }
     let key = Sha256::digest(encrypt_key.as_bytes());
     let (iv, ciphertext) = raw.split_at(BLOCK);
-    let decryptor = cbc::Decryptor::<aes::Aes256>::new_from_slices(key.as_slice(), iv)
-        .map_err(|_| CryptoError::Length(raw.len()))?;
+    let decryptor = cbc::Decryptor::<aes::Aes256>::new_from_slices(key.as_slice(), iv).map_err(|_| CryptoError::Length(raw.len()))?;
     let mut buf = ciphertext.to_vec();
-    let plain = decryptor
-        .decrypt_padded_mut::<NoPadding>(&mut buf)
-        .map_err(|_| CryptoError::Length(raw.len()))?;
+    let plain = decryptor.decrypt_padded_mut::<NoPadding>(&mut buf).map_err(|_| CryptoError::Length(raw.len()))?;
     let unpadded = pkcs7_unpad(plain)?;
     String::from_utf8(unpadded.to_vec()).map_err(|_| CryptoError::Utf8)
 }
@@ -81,13 +76,7 @@ pub fn event_signature(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[
 /// Checks an `X-Lark-Signature` header against [`event_signature`], in constant time.
 ///
 /// The comparison is case-insensitive on the hex digits (the platform sends lowercase).
-pub fn verify_signature(
-    timestamp: &str,
-    nonce: &str,
-    encrypt_key: &str,
-    body: &[u8],
-    expected_hex: &str,
-) -> bool {
+pub fn verify_signature(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8], expected_hex: &str) -> bool {
     let computed = event_signature(timestamp, nonce, encrypt_key, body);
     token_eq(&computed, &expected_hex.trim().to_ascii_lowercase())
 }
@@ -115,7 +104,8 @@ pub fn token_eq(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    const CHALLENGE_ENC: &str = "AAECAwQFBgcICQoLDA0ODw9mLTIAZS9jAmGTQ1wAhHpnBHVL2wRjH9rPunQdQC1vLjsckayA10kZ8cPwtb62F8rC7JprUPR/4S2aZihfR+p8npX7UzWPithZmfKIPZgE";
+    const CHALLENGE_ENC: &str =
+        "AAECAwQFBgcICQoLDA0ODw9mLTIAZS9jAmGTQ1wAhHpnBHVL2wRjH9rPunQdQC1vLjsckayA10kZ8cPwtb62F8rC7JprUPR/4S2aZihfR+p8npX7UzWPithZmfKIPZgE";
 
     #[test]
     fn decrypts_official_vector() {
@@ -126,10 +116,7 @@ mod tests {
     #[test]
     fn decrypts_local_challenge_vector() {
         let plain = decrypt("test key", CHALLENGE_ENC).unwrap();
-        assert_eq!(
-            plain,
-            r#"{"challenge":"ajls384kdjx98XX","token":"xxxxxx","type":"url_verification"}"#
-        );
+        assert_eq!(plain, r#"{"challenge":"ajls384kdjx98XX","token":"xxxxxx","type":"url_verification"}"#);
     }
 
     #[test]
@@ -143,15 +130,9 @@ mod tests {
         assert_eq!(decrypt("k", "not base64!!"), Err(CryptoError::Base64));
         assert_eq!(decrypt("k", ""), Err(CryptoError::Length(0)));
         // 16 bytes: IV only.
-        assert_eq!(
-            decrypt("k", &B64.encode([0u8; 16])),
-            Err(CryptoError::Length(16))
-        );
+        assert_eq!(decrypt("k", &B64.encode([0u8; 16])), Err(CryptoError::Length(16)));
         // Not block-aligned.
-        assert_eq!(
-            decrypt("k", &B64.encode([0u8; 40])),
-            Err(CryptoError::Length(40))
-        );
+        assert_eq!(decrypt("k", &B64.encode([0u8; 40])), Err(CryptoError::Length(40)));
     }
 
     #[test]
@@ -168,59 +149,23 @@ mod tests {
     fn event_signature_matches_vector() {
         let body = format!(r#"{{"encrypt":"{CHALLENGE_ENC}"}}"#);
         let sig = event_signature("1700000000", "nonce123", "test key", body.as_bytes());
-        assert_eq!(
-            sig,
-            "3d0c699fc2e01244af25e03bfb5fdd58f72780c45c0fe7c22b7a71fea8cb3342"
-        );
-        assert!(verify_signature(
-            "1700000000",
-            "nonce123",
-            "test key",
-            body.as_bytes(),
-            &sig.to_ascii_uppercase()
-        ));
+        assert_eq!(sig, "3d0c699fc2e01244af25e03bfb5fdd58f72780c45c0fe7c22b7a71fea8cb3342");
+        assert!(verify_signature("1700000000", "nonce123", "test key", body.as_bytes(), &sig.to_ascii_uppercase()));
     }
 
     #[test]
     fn event_signature_mismatch_is_rejected() {
         let body = br#"{"encrypt":"abc"}"#;
         let sig = event_signature("1700000000", "nonce123", "test key", body);
-        assert!(!verify_signature(
-            "1700000001",
-            "nonce123",
-            "test key",
-            body,
-            &sig
-        ));
-        assert!(!verify_signature(
-            "1700000000",
-            "nonce123",
-            "test key",
-            b"{}",
-            &sig
-        ));
-        assert!(!verify_signature(
-            "1700000000",
-            "nonce123",
-            "test key",
-            body,
-            ""
-        ));
-        assert!(!verify_signature(
-            "1700000000",
-            "nonce123",
-            "test key",
-            body,
-            "zz"
-        ));
+        assert!(!verify_signature("1700000001", "nonce123", "test key", body, &sig));
+        assert!(!verify_signature("1700000000", "nonce123", "test key", b"{}", &sig));
+        assert!(!verify_signature("1700000000", "nonce123", "test key", body, ""));
+        assert!(!verify_signature("1700000000", "nonce123", "test key", body, "zz"));
     }
 
     #[test]
     fn custom_bot_sign_matches_vector() {
-        assert_eq!(
-            custom_bot_sign(1599360473, "demo_secret"),
-            "sdR0eS36UO/d4NpAyDr6RpCJWLJtcheypjGCjiZTm0o="
-        );
+        assert_eq!(custom_bot_sign(1599360473, "demo_secret"), "sdR0eS36UO/d4NpAyDr6RpCJWLJtcheypjGCjiZTm0o=");
     }
 
     #[test]

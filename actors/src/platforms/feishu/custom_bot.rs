@@ -28,10 +28,7 @@ impl std::fmt::Debug for CustomBot {
 impl CustomBot {
     /// A bot for `webhook_url`; an empty `secret` counts as none.
     pub fn new(webhook_url: &str, secret: Option<&str>) -> Self {
-        Self {
-            webhook_url: webhook_url.to_string(),
-            secret: secret.filter(|s| !s.is_empty()).map(str::to_string),
-        }
+        Self { webhook_url: webhook_url.to_string(), secret: secret.filter(|s| !s.is_empty()).map(str::to_string) }
     }
 
     /// The request body for `text` at `now_unix_secs`: `content` is a JSON object here (not a
@@ -52,10 +49,7 @@ impl CustomBot {
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let body = self.text_body(text, now);
-        let req = client
-            .post(&self.webhook_url)
-            .header(CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(body.to_string());
+        let req = client.post(&self.webhook_url).header(CONTENT_TYPE, "application/json; charset=utf-8").body(body.to_string());
         send_and_classify(req).await.map(|_| ())
     }
 }
@@ -67,18 +61,12 @@ mod tests {
     #[test]
     fn unsigned_body() {
         let bot = CustomBot::new("https://open.feishu.cn/open-apis/bot/v2/hook/x", Some(""));
-        assert_eq!(
-            bot.text_body("hi", 1599360473).to_string(),
-            r#"{"msg_type":"text","content":{"text":"hi"}}"#
-        );
+        assert_eq!(bot.text_body("hi", 1599360473).to_string(), r#"{"msg_type":"text","content":{"text":"hi"}}"#);
     }
 
     #[test]
     fn signed_body_matches_vector() {
-        let bot = CustomBot::new(
-            "https://open.feishu.cn/open-apis/bot/v2/hook/x",
-            Some("demo_secret"),
-        );
+        let bot = CustomBot::new("https://open.feishu.cn/open-apis/bot/v2/hook/x", Some("demo_secret"));
         let body = bot.text_body("hi", 1599360473);
         assert_eq!(body["timestamp"], "1599360473");
         assert_eq!(body["sign"], "sdR0eS36UO/d4NpAyDr6RpCJWLJtcheypjGCjiZTm0o=");
@@ -87,10 +75,7 @@ mod tests {
 
     #[test]
     fn debug_hides_url_and_secret() {
-        let bot = CustomBot::new(
-            "https://open.feishu.cn/open-apis/bot/v2/hook/tok123",
-            Some("sec"),
-        );
+        let bot = CustomBot::new("https://open.feishu.cn/open-apis/bot/v2/hook/tok123", Some("sec"));
         let s = format!("{bot:?}");
         assert!(!s.contains("tok123") && !s.contains("sec\""));
     }
@@ -98,10 +83,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_webhook_is_transient() {
         let bot = CustomBot::new("http://127.0.0.1:9/open-apis/bot/v2/hook/x", None);
-        let err = bot
-            .send_text(&reqwest::Client::new(), "hi")
-            .await
-            .unwrap_err();
+        let err = bot.send_text(&reqwest::Client::new(), "hi").await.unwrap_err();
         assert!(matches!(err, FsError::Transient(_)));
     }
 }

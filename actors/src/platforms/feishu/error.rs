@@ -60,30 +60,19 @@ impl FsError {
 /// Pure: needs only the HTTP status and the body text. `RateLimited.retry_after` is left `None`;
 /// callers holding the headers fill it in.
 pub fn classify(status: u16, body: &str) -> Result<Value, FsError> {
-    classify_body(status, body)
-        .map(|mut v| v.get_mut("data").map(Value::take).unwrap_or(Value::Null))
+    classify_body(status, body).map(|mut v| v.get_mut("data").map(Value::take).unwrap_or(Value::Null))
 }
 
 /// Like [`classify`], but returns the whole body object (for the token and bot-info
 /// endpoints, whose payload sits at the top level).
 pub fn classify_body(status: u16, body: &str) -> Result<Value, FsError> {
     let parsed: Option<Value> = serde_json::from_str(body).ok().filter(Value::is_object);
-    let code = parsed
-        .as_ref()
-        .and_then(|v| v.get("code"))
-        .and_then(Value::as_i64);
-    let msg = parsed
-        .as_ref()
-        .and_then(|v| v.get("msg"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let code = parsed.as_ref().and_then(|v| v.get("code")).and_then(Value::as_i64);
+    let msg = parsed.as_ref().and_then(|v| v.get("msg")).and_then(Value::as_str).unwrap_or("").to_string();
     let ok_status = (200..300).contains(&status);
     match code {
         Some(0) if ok_status => Ok(parsed.unwrap_or(Value::Null)),
-        Some(c)
-            if c == CODE_RATE_LIMIT || c == CODE_FREQUENCY_LIMIT || c == CODE_TENANT_SEND_LIMIT =>
-        {
+        Some(c) if c == CODE_RATE_LIMIT || c == CODE_FREQUENCY_LIMIT || c == CODE_TENANT_SEND_LIMIT => {
             Err(FsError::RateLimited { retry_after: None })
         }
         Some(c) if TOKEN_INVALID_CODES.contains(&c) => Err(FsError::TokenInvalid),
@@ -93,26 +82,17 @@ pub fn classify_body(status: u16, body: &str) -> Result<Value, FsError> {
             None => format!("HTTP {status}"),
         })),
         Some(c) => Err(FsError::Permanent { code: c, msg }),
-        None if ok_status => Err(FsError::Transient(format!(
-            "HTTP {status} with a body that is not a Feishu response"
-        ))),
-        None => Err(FsError::Permanent {
-            code: -1,
-            msg: format!("HTTP {status}"),
-        }),
+        None if ok_status => Err(FsError::Transient(format!("HTTP {status} with a body that is not a Feishu response"))),
+        None => Err(FsError::Permanent { code: -1, msg: format!("HTTP {status}") }),
     }
 }
 
 /// Reads a rate-limit reset hint (seconds) from `x-ogw-ratelimit-reset` or `Retry-After`.
 pub fn retry_after_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    ["x-ogw-ratelimit-reset", "retry-after"]
-        .iter()
-        .find_map(|name| {
-            let secs: f64 = headers.get(*name)?.to_str().ok()?.trim().parse().ok()?;
-            (0.0..86_400.0)
-                .contains(&secs)
-                .then(|| Duration::from_secs_f64(secs))
-        })
+    ["x-ogw-ratelimit-reset", "retry-after"].iter().find_map(|name| {
+        let secs: f64 = headers.get(*name)?.to_str().ok()?.trim().parse().ok()?;
+        (0.0..86_400.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
+    })
 }
 
 #[cfg(test)]
@@ -121,40 +101,20 @@ mod tests {
 
     #[test]
     fn success_returns_data() {
-        let data = classify(
-            200,
-            r#"{"code":0,"msg":"success","data":{"message_id":"om_1"}}"#,
-        )
-        .unwrap();
+        let data = classify(200, r#"{"code":0,"msg":"success","data":{"message_id":"om_1"}}"#).unwrap();
         assert_eq!(data["message_id"], "om_1");
-        assert_eq!(
-            classify(200, r#"{"code":0,"msg":"ok"}"#).unwrap(),
-            Value::Null
-        );
-        let whole = classify_body(
-            200,
-            r#"{"code":0,"tenant_access_token":"t-1","expire":7200}"#,
-        )
-        .unwrap();
+        assert_eq!(classify(200, r#"{"code":0,"msg":"ok"}"#).unwrap(), Value::Null);
+        let whole = classify_body(200, r#"{"code":0,"tenant_access_token":"t-1","expire":7200}"#).unwrap();
         assert_eq!(whole["expire"], 7200);
     }
 
     #[test]
     fn rate_limits() {
         let rl = Err(FsError::RateLimited { retry_after: None });
-        assert_eq!(
-            classify(
-                429,
-                r#"{"code":99991400,"msg":"request trigger frequency limit"}"#
-            ),
-            rl
-        );
+        assert_eq!(classify(429, r#"{"code":99991400,"msg":"request trigger frequency limit"}"#), rl);
         assert_eq!(classify(429, "Too Many Requests"), rl);
         assert_eq!(classify(200, r#"{"code":99991400,"msg":"limit"}"#), rl);
-        assert_eq!(
-            classify(400, r#"{"code":230020,"msg":"frequency limit"}"#),
-            rl
-        );
+        assert_eq!(classify(400, r#"{"code":230020,"msg":"frequency limit"}"#), rl);
         assert!(FsError::RateLimited { retry_after: None }.retryable());
     }
 
@@ -169,18 +129,9 @@ mod tests {
 
     #[test]
     fn server_errors_are_transient() {
-        assert!(matches!(
-            classify(502, "<html>bad gateway</html>"),
-            Err(FsError::Transient(_))
-        ));
-        assert!(matches!(
-            classify(500, r#"{"code":1,"msg":"busy"}"#),
-            Err(FsError::Transient(_))
-        ));
-        assert!(matches!(
-            classify(200, "garbage"),
-            Err(FsError::Transient(_))
-        ));
+        assert!(matches!(classify(502, "<html>bad gateway</html>"), Err(FsError::Transient(_))));
+        assert!(matches!(classify(500, r#"{"code":1,"msg":"busy"}"#), Err(FsError::Transient(_))));
+        assert!(matches!(classify(200, "garbage"), Err(FsError::Transient(_))));
         assert!(FsError::Transient("x".into()).retryable());
         assert_eq!(FsError::Transient("x".into()).label(), "transient");
     }
@@ -188,22 +139,10 @@ mod tests {
     #[test]
     fn other_codes_are_permanent() {
         assert_eq!(
-            classify(
-                400,
-                r#"{"code":230002,"msg":"Bot/User can NOT be out of the chat."}"#
-            ),
-            Err(FsError::Permanent {
-                code: 230002,
-                msg: "Bot/User can NOT be out of the chat.".into()
-            })
+            classify(400, r#"{"code":230002,"msg":"Bot/User can NOT be out of the chat."}"#),
+            Err(FsError::Permanent { code: 230002, msg: "Bot/User can NOT be out of the chat.".into() })
         );
-        assert_eq!(
-            classify(404, ""),
-            Err(FsError::Permanent {
-                code: -1,
-                msg: "HTTP 404".into()
-            })
-        );
+        assert_eq!(classify(404, ""), Err(FsError::Permanent { code: -1, msg: "HTTP 404".into() }));
         let e = classify(400, r#"{"code":10003,"msg":"invalid param"}"#).unwrap_err();
         assert!(!e.retryable());
         assert_eq!(e.label(), "permanent");

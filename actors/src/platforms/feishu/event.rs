@@ -47,10 +47,7 @@ impl std::fmt::Debug for VerifyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyConfig")
             .field("verification_token", &"<redacted>")
-            .field(
-                "encrypt_key",
-                &self.encrypt_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("encrypt_key", &self.encrypt_key.as_ref().map(|_| "<redacted>"))
             .field("max_skew", &self.max_skew)
             .finish()
     }
@@ -146,12 +143,7 @@ pub fn challenge_response(challenge: &str) -> String {
 /// Opens an incoming event request: decrypts, authenticates and classifies it.
 ///
 /// `body` is the raw HTTP body exactly as received; `now_unix_secs` is the current time.
-pub fn open(
-    body: &[u8],
-    headers: &RequestHeaders,
-    cfg: &VerifyConfig,
-    now_unix_secs: i64,
-) -> Result<Envelope, Rejection> {
+pub fn open(body: &[u8], headers: &RequestHeaders, cfg: &VerifyConfig, now_unix_secs: i64) -> Result<Envelope, Rejection> {
     let outer: Value = serde_json::from_slice(body).map_err(|_| Rejection::BadJson)?;
     if !outer.is_object() {
         return Err(Rejection::BadJson);
@@ -198,23 +190,16 @@ pub fn open(
 
 /// Verifies the signature headers against the raw body.
 fn check_signature(body: &[u8], headers: &RequestHeaders, key: &str) -> Result<(), Rejection> {
-    let (Some(ts), Some(nonce), Some(sig)) = (headers.timestamp, headers.nonce, headers.signature)
-    else {
+    let (Some(ts), Some(nonce), Some(sig)) = (headers.timestamp, headers.nonce, headers.signature) else {
         return Err(Rejection::MissingSignature);
     };
-    if crypto::verify_signature(ts, nonce, key, body, sig) {
-        Ok(())
-    } else {
-        Err(Rejection::BadSignature)
-    }
+    if crypto::verify_signature(ts, nonce, key, body, sig) { Ok(()) } else { Err(Rejection::BadSignature) }
 }
 
 /// Rejects timestamps further than `max_skew` from now. Values above 10^11 are taken as
 /// milliseconds (the unit is not documented; seconds are expected).
 fn check_freshness(ts: Option<&str>, max_skew: Duration, now: i64) -> Result<(), Rejection> {
-    let ts: i64 = ts
-        .and_then(|t| t.trim().parse().ok())
-        .ok_or(Rejection::StaleTimestamp)?;
+    let ts: i64 = ts.and_then(|t| t.trim().parse().ok()).ok_or(Rejection::StaleTimestamp)?;
     let ts = if ts > 100_000_000_000 { ts / 1000 } else { ts };
     let skew = i64::try_from(max_skew.as_secs()).unwrap_or(i64::MAX);
     if now.saturating_sub(ts).saturating_abs() > skew {
@@ -234,13 +219,8 @@ fn classify(v: Value, cfg: &VerifyConfig) -> Result<Envelope, Rejection> {
     }
     if is_url_verification(&v) {
         check_token(v.get("token"), cfg)?;
-        let challenge = v
-            .get("challenge")
-            .and_then(Value::as_str)
-            .ok_or(Rejection::BadJson)?;
-        return Ok(Envelope::UrlVerification {
-            challenge: challenge.to_string(),
-        });
+        let challenge = v.get("challenge").and_then(Value::as_str).ok_or(Rejection::BadJson)?;
+        return Ok(Envelope::UrlVerification { challenge: challenge.to_string() });
     }
     if v.get("schema").and_then(Value::as_str) == Some("2.0") || v.get("header").is_some() {
         let header = v.get("header").ok_or(Rejection::BadJson)?;
@@ -249,12 +229,7 @@ fn classify(v: Value, cfg: &VerifyConfig) -> Result<Envelope, Rejection> {
         let event_type = non_empty_str(header.get("event_type")).ok_or(Rejection::BadJson)?;
         let create_time_ms = header.get("create_time").and_then(int_like);
         let event = v.get("event").cloned().unwrap_or(Value::Null);
-        return Ok(Envelope::Event(EventEnvelope {
-            event_id,
-            event_type,
-            create_time_ms,
-            event,
-        }));
+        return Ok(Envelope::Event(EventEnvelope { event_id, event_type, create_time_ms, event }));
     }
     if v.get("type").and_then(Value::as_str) == Some("event_callback") {
         check_token(v.get("token"), cfg)?;
@@ -262,12 +237,7 @@ fn classify(v: Value, cfg: &VerifyConfig) -> Result<Envelope, Rejection> {
         let event = v.get("event").cloned().unwrap_or(Value::Null);
         let event_type = non_empty_str(event.get("type")).ok_or(Rejection::BadJson)?;
         let create_time_ms = v.get("ts").and_then(seconds_to_ms);
-        return Ok(Envelope::Event(EventEnvelope {
-            event_id,
-            event_type,
-            create_time_ms,
-            event,
-        }));
+        return Ok(Envelope::Event(EventEnvelope { event_id, event_type, create_time_ms, event }));
     }
     Err(Rejection::BadJson)
 }
@@ -275,20 +245,13 @@ fn classify(v: Value, cfg: &VerifyConfig) -> Result<Envelope, Rejection> {
 /// Constant-time token check; a missing token or an empty configured token never matches.
 fn check_token(token: Option<&Value>, cfg: &VerifyConfig) -> Result<(), Rejection> {
     match token.and_then(Value::as_str) {
-        Some(t)
-            if !cfg.verification_token.is_empty()
-                && crypto::token_eq(t, &cfg.verification_token) =>
-        {
-            Ok(())
-        }
+        Some(t) if !cfg.verification_token.is_empty() && crypto::token_eq(t, &cfg.verification_token) => Ok(()),
         _ => Err(Rejection::BadToken),
     }
 }
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// An integer given as a JSON number or a numeric string.
@@ -317,7 +280,8 @@ mod tests {
 
     const KEY: &str = "test key";
     /// PROTOCOLS §3.2: encrypted `{"challenge":"ajls384kdjx98XX","token":"xxxxxx",...}`.
-    const CHALLENGE_ENC: &str = "AAECAwQFBgcICQoLDA0ODw9mLTIAZS9jAmGTQ1wAhHpnBHVL2wRjH9rPunQdQC1vLjsckayA10kZ8cPwtb62F8rC7JprUPR/4S2aZihfR+p8npX7UzWPithZmfKIPZgE";
+    const CHALLENGE_ENC: &str =
+        "AAECAwQFBgcICQoLDA0ODw9mLTIAZS9jAmGTQ1wAhHpnBHVL2wRjH9rPunQdQC1vLjsckayA10kZ8cPwtb62F8rC7JprUPR/4S2aZihfR+p8npX7UzWPithZmfKIPZgE";
     const NOW: i64 = 1_700_000_000;
 
     fn cfg(key: Option<&str>) -> VerifyConfig {
@@ -345,9 +309,8 @@ mod tests {
         use sha2::Digest;
         let k = sha2::Sha256::digest(key.as_bytes());
         let iv = [7u8; 16];
-        let ct = cbc::Encryptor::<aes::Aes256>::new_from_slices(k.as_slice(), &iv)
-            .unwrap()
-            .encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes());
+        let ct =
+            cbc::Encryptor::<aes::Aes256>::new_from_slices(k.as_slice(), &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes());
         let mut raw = iv.to_vec();
         raw.extend_from_slice(&ct);
         base64::engine::general_purpose::STANDARD.encode(raw)
@@ -355,11 +318,7 @@ mod tests {
 
     fn signed_open(body: &str, ts: &str, cfg: &VerifyConfig) -> Result<Envelope, Rejection> {
         let sig = crypto::event_signature(ts, "n1", KEY, body.as_bytes());
-        let h = RequestHeaders {
-            timestamp: Some(ts),
-            nonce: Some("n1"),
-            signature: Some(&sig),
-        };
+        let h = RequestHeaders { timestamp: Some(ts), nonce: Some("n1"), signature: Some(&sig) };
         open(body.as_bytes(), &h, cfg, NOW)
     }
 
@@ -371,37 +330,18 @@ mod tests {
     fn plain_challenge_is_answered_after_token_check() {
         let body = br#"{"challenge":"abc","token":"xxxxxx","type":"url_verification"}"#;
         let env = open(body, &RequestHeaders::default(), &cfg(None), NOW).unwrap();
-        assert_eq!(
-            env,
-            Envelope::UrlVerification {
-                challenge: "abc".into()
-            }
-        );
+        assert_eq!(env, Envelope::UrlVerification { challenge: "abc".into() });
         assert_eq!(challenge_response("abc"), r#"{"challenge":"abc"}"#);
 
         let bad = br#"{"challenge":"abc","token":"nope","type":"url_verification"}"#;
-        assert_eq!(
-            open(bad, &RequestHeaders::default(), &cfg(None), NOW),
-            Err(Rejection::BadToken)
-        );
+        assert_eq!(open(bad, &RequestHeaders::default(), &cfg(None), NOW), Err(Rejection::BadToken));
     }
 
     #[test]
     fn encrypted_challenge_needs_no_signature() {
         let body = format!(r#"{{"encrypt":"{CHALLENGE_ENC}"}}"#);
-        let env = open(
-            body.as_bytes(),
-            &RequestHeaders::default(),
-            &cfg(Some(KEY)),
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(
-            env,
-            Envelope::UrlVerification {
-                challenge: "ajls384kdjx98XX".into()
-            }
-        );
+        let env = open(body.as_bytes(), &RequestHeaders::default(), &cfg(Some(KEY)), NOW).unwrap();
+        assert_eq!(env, Envelope::UrlVerification { challenge: "ajls384kdjx98XX".into() });
         // Also fine when signed, with any timestamp.
         let env = signed_open(&body, "1", &cfg(Some(KEY))).unwrap();
         assert!(matches!(env, Envelope::UrlVerification { .. }));
@@ -411,10 +351,7 @@ mod tests {
     fn encrypted_challenge_with_wrong_token_is_refused() {
         let body = format!(r#"{{"encrypt":"{CHALLENGE_ENC}"}}"#);
         let c = VerifyConfig::new("other", Some(KEY));
-        assert_eq!(
-            open(body.as_bytes(), &RequestHeaders::default(), &c, NOW),
-            Err(Rejection::BadToken)
-        );
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &c, NOW), Err(Rejection::BadToken));
     }
 
     #[test]
@@ -443,59 +380,29 @@ mod tests {
     #[test]
     fn event_with_bad_or_missing_signature_is_refused() {
         let body = encrypted_body(&event_json("xxxxxx"));
-        let h = RequestHeaders {
-            timestamp: Some("1700000000"),
-            nonce: Some("n1"),
-            signature: Some("00"),
-        };
-        assert_eq!(
-            open(body.as_bytes(), &h, &cfg(Some(KEY)), NOW),
-            Err(Rejection::BadSignature)
-        );
-        assert_eq!(
-            open(
-                body.as_bytes(),
-                &RequestHeaders::default(),
-                &cfg(Some(KEY)),
-                NOW
-            ),
-            Err(Rejection::MissingSignature)
-        );
+        let h = RequestHeaders { timestamp: Some("1700000000"), nonce: Some("n1"), signature: Some("00") };
+        assert_eq!(open(body.as_bytes(), &h, &cfg(Some(KEY)), NOW), Err(Rejection::BadSignature));
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &cfg(Some(KEY)), NOW), Err(Rejection::MissingSignature));
     }
 
     #[test]
     fn unsigned_garbage_reports_signature_not_decryption() {
         let body = br#"{"encrypt":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#;
-        assert_eq!(
-            open(body, &RequestHeaders::default(), &cfg(Some(KEY)), NOW),
-            Err(Rejection::MissingSignature)
-        );
+        assert_eq!(open(body, &RequestHeaders::default(), &cfg(Some(KEY)), NOW), Err(Rejection::MissingSignature));
     }
 
     #[test]
     fn signed_garbage_is_undecryptable() {
         let body = r#"{"encrypt":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#;
-        assert_eq!(
-            signed_open(body, "1700000000", &cfg(Some(KEY))),
-            Err(Rejection::Undecryptable)
-        );
+        assert_eq!(signed_open(body, "1700000000", &cfg(Some(KEY))), Err(Rejection::Undecryptable));
     }
 
     #[test]
     fn stale_timestamp_is_refused() {
         let body = encrypted_body(&event_json("xxxxxx"));
-        assert_eq!(
-            signed_open(&body, "1699999000", &cfg(Some(KEY))),
-            Err(Rejection::StaleTimestamp)
-        );
-        assert_eq!(
-            signed_open(&body, "1700000400", &cfg(Some(KEY))),
-            Err(Rejection::StaleTimestamp)
-        );
-        assert_eq!(
-            signed_open(&body, "soon", &cfg(Some(KEY))),
-            Err(Rejection::StaleTimestamp)
-        );
+        assert_eq!(signed_open(&body, "1699999000", &cfg(Some(KEY))), Err(Rejection::StaleTimestamp));
+        assert_eq!(signed_open(&body, "1700000400", &cfg(Some(KEY))), Err(Rejection::StaleTimestamp));
+        assert_eq!(signed_open(&body, "soon", &cfg(Some(KEY))), Err(Rejection::StaleTimestamp));
         // Milliseconds are tolerated.
         assert!(signed_open(&body, "1700000000500", &cfg(Some(KEY))).is_ok());
     }
@@ -503,10 +410,7 @@ mod tests {
     #[test]
     fn bad_token_in_signed_event_is_refused() {
         let body = encrypted_body(&event_json("wrong"));
-        assert_eq!(
-            signed_open(&body, "1700000000", &cfg(Some(KEY))),
-            Err(Rejection::BadToken)
-        );
+        assert_eq!(signed_open(&body, "1700000000", &cfg(Some(KEY))), Err(Rejection::BadToken));
     }
 
     #[test]
@@ -515,39 +419,22 @@ mod tests {
         let env = open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW).unwrap();
         assert!(matches!(env, Envelope::Event(ref e) if e.event_id == "ev_1"));
         let body = event_json("wrong");
-        assert_eq!(
-            open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW),
-            Err(Rejection::BadToken)
-        );
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW), Err(Rejection::BadToken));
         let empty = VerifyConfig::new("", None);
         let body = event_json("");
-        assert_eq!(
-            open(body.as_bytes(), &RequestHeaders::default(), &empty, NOW),
-            Err(Rejection::BadToken)
-        );
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &empty, NOW), Err(Rejection::BadToken));
     }
 
     #[test]
     fn encrypted_body_without_key_is_refused() {
         let body = format!(r#"{{"encrypt":"{CHALLENGE_ENC}"}}"#);
-        assert_eq!(
-            open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW),
-            Err(Rejection::EncryptedButNoKey)
-        );
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW), Err(Rejection::EncryptedButNoKey));
     }
 
     #[test]
     fn plaintext_event_with_key_still_needs_signature() {
         let body = event_json("xxxxxx");
-        assert_eq!(
-            open(
-                body.as_bytes(),
-                &RequestHeaders::default(),
-                &cfg(Some(KEY)),
-                NOW
-            ),
-            Err(Rejection::MissingSignature)
-        );
+        assert_eq!(open(body.as_bytes(), &RequestHeaders::default(), &cfg(Some(KEY)), NOW), Err(Rejection::MissingSignature));
         assert!(signed_open(&body, "1700000000", &cfg(Some(KEY))).is_ok());
     }
 
@@ -559,9 +446,7 @@ mod tests {
             "event": {"type": "message", "text": "hi"}
         })
         .to_string();
-        let Envelope::Event(ev) =
-            open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW).unwrap()
-        else {
+        let Envelope::Event(ev) = open(body.as_bytes(), &RequestHeaders::default(), &cfg(None), NOW).unwrap() else {
             panic!("expected an event");
         };
         assert_eq!(ev.event_id, "u-1");
@@ -572,12 +457,7 @@ mod tests {
     #[test]
     fn junk_is_bad_json() {
         let h = RequestHeaders::default();
-        for body in [
-            &b"not json"[..],
-            b"[]",
-            b"42",
-            br#"{"type":"other","token":"xxxxxx"}"#,
-        ] {
+        for body in [&b"not json"[..], b"[]", b"42", br#"{"type":"other","token":"xxxxxx"}"#] {
             assert_eq!(open(body, &h, &cfg(None), NOW), Err(Rejection::BadJson));
         }
         let no_id = br#"{"schema":"2.0","header":{"token":"xxxxxx","event_type":"x"}}"#;

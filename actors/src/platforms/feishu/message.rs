@@ -75,19 +75,13 @@ struct Mention {
 
 /// Parses the `event` object of an `im.message.receive_v1` event.
 pub fn parse_receive(event: &Value, bot_open_id: Option<&str>) -> Result<Incoming, ParseError> {
-    let message = event
-        .get("message")
-        .ok_or(ParseError::MissingField("message"))?;
-    let sender = event
-        .get("sender")
-        .ok_or(ParseError::MissingField("sender"))?;
+    let message = event.get("message").ok_or(ParseError::MissingField("message"))?;
+    let sender = event.get("sender").ok_or(ParseError::MissingField("sender"))?;
     let message_id = req_str(message, "message_id", "message.message_id")?;
     let chat_id = req_str(message, "chat_id", "message.chat_id")?;
     let message_type = req_str(message, "message_type", "message.message_type")?;
-    let sender_open_id = sender
-        .get("sender_id")
-        .and_then(|s| opt_str(s, "open_id"))
-        .ok_or(ParseError::MissingField("sender.sender_id.open_id"))?;
+    let sender_open_id =
+        sender.get("sender_id").and_then(|s| opt_str(s, "open_id")).ok_or(ParseError::MissingField("sender.sender_id.open_id"))?;
     let chat_type = match message.get("chat_type").and_then(Value::as_str) {
         Some("p2p") => ChatType::P2p,
         _ => ChatType::Group,
@@ -98,21 +92,13 @@ pub fn parse_receive(event: &Value, bot_open_id: Option<&str>) -> Result<Incomin
 
     let text = match message_type.as_str() {
         "text" | "post" => {
-            let raw = message
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or(ParseError::MissingField("message.content"))?;
-            let content: Value = serde_json::from_str(raw)
-                .map_err(|_| ParseError::BadContent(message_type.clone()))?;
+            let raw = message.get("content").and_then(Value::as_str).ok_or(ParseError::MissingField("message.content"))?;
+            let content: Value = serde_json::from_str(raw).map_err(|_| ParseError::BadContent(message_type.clone()))?;
             let text = if message_type == "text" {
-                let t = content
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ParseError::BadContent(message_type.clone()))?;
+                let t = content.get("text").and_then(Value::as_str).ok_or_else(|| ParseError::BadContent(message_type.clone()))?;
                 resolve_placeholders(t, &mentions)
             } else {
-                flatten_post(&content, &mentions, bot_open_id)
-                    .ok_or_else(|| ParseError::BadContent(message_type.clone()))?
+                flatten_post(&content, &mentions, bot_open_id).ok_or_else(|| ParseError::BadContent(message_type.clone()))?
             };
             Some(text.trim().to_string())
         }
@@ -147,10 +133,7 @@ fn req_str(v: &Value, key: &str, name: &'static str) -> Result<String, ParseErro
 
 /// A non-empty string field.
 fn opt_str(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 fn parse_mentions(message: &Value, bot_open_id: Option<&str>) -> Vec<Mention> {
@@ -160,11 +143,7 @@ fn parse_mentions(message: &Value, bot_open_id: Option<&str>) -> Vec<Mention> {
     list.iter()
         .filter_map(|m| {
             let key = opt_str(m, "key")?;
-            let name = m
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            let name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
             // In events `id` is an object; in message resources it is a plain open_id.
             let open_id = match m.get("id") {
                 Some(Value::String(s)) => Some(s.clone()),
@@ -175,12 +154,7 @@ fn parse_mentions(message: &Value, bot_open_id: Option<&str>) -> Vec<Mention> {
                 Some(bot) => open_id.as_deref() == Some(bot),
                 None => m.get("mentioned_type").and_then(Value::as_str) == Some("bot"),
             };
-            Some(Mention {
-                key,
-                name,
-                open_id,
-                is_bot,
-            })
+            Some(Mention { key, name, open_id, is_bot })
         })
         .collect()
 }
@@ -194,10 +168,7 @@ fn resolve_placeholders(text: &str, mentions: &[Mention]) -> String {
     while let Some(pos) = rest.find('@') {
         out.push_str(&rest[..pos]);
         let tail = &rest[pos..];
-        let best = mentions
-            .iter()
-            .filter(|m| tail.starts_with(m.key.as_str()))
-            .max_by_key(|m| m.key.len());
+        let best = mentions.iter().filter(|m| tail.starts_with(m.key.as_str())).max_by_key(|m| m.key.len());
         match best {
             Some(m) => {
                 let mut after = &tail[m.key.len()..];
@@ -205,11 +176,7 @@ fn resolve_placeholders(text: &str, mentions: &[Mention]) -> String {
                     after = after.strip_prefix(' ').unwrap_or(after);
                 } else {
                     out.push('@');
-                    out.push_str(if m.name.is_empty() {
-                        &m.key[1..]
-                    } else {
-                        &m.name
-                    });
+                    out.push_str(if m.name.is_empty() { &m.key[1..] } else { &m.name });
                 }
                 rest = after;
             }
@@ -225,34 +192,18 @@ fn resolve_placeholders(text: &str, mentions: &[Mention]) -> String {
 
 /// Flattens `post` content (direct `{"title","content"}` or locale-wrapped
 /// `{"zh_cn": {...}}`) to plain text: the title, then one line per paragraph.
-fn flatten_post(
-    content: &Value,
-    mentions: &[Mention],
-    bot_open_id: Option<&str>,
-) -> Option<String> {
+fn flatten_post(content: &Value, mentions: &[Mention], bot_open_id: Option<&str>) -> Option<String> {
     let body = if content.get("content").is_some() {
         content
     } else {
         let obj = content.as_object()?;
-        ["zh_cn", "en_us", "ja_jp"]
-            .iter()
-            .find_map(|l| obj.get(*l))
-            .or_else(|| obj.values().find(|v| v.get("content").is_some()))?
+        ["zh_cn", "en_us", "ja_jp"].iter().find_map(|l| obj.get(*l)).or_else(|| obj.values().find(|v| v.get("content").is_some()))?
     };
     let mut lines = Vec::new();
-    if let Some(title) = body
-        .get("title")
-        .and_then(Value::as_str)
-        .filter(|t| !t.trim().is_empty())
-    {
+    if let Some(title) = body.get("title").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) {
         lines.push(title.to_string());
     }
-    for para in body
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for para in body.get("content").and_then(Value::as_array).into_iter().flatten() {
         let mut line = String::new();
         for el in para.as_array().into_iter().flatten() {
             post_element(el, mentions, bot_open_id, &mut line);
@@ -266,19 +217,12 @@ fn post_element(el: &Value, mentions: &[Mention], bot_open_id: Option<&str>, out
     let text = el.get("text").and_then(Value::as_str).unwrap_or("");
     match el.get("tag").and_then(Value::as_str).unwrap_or("") {
         "text" | "code_block" | "md" => out.push_str(text),
-        "a" => out.push_str(if text.is_empty() {
-            el.get("href").and_then(Value::as_str).unwrap_or("")
-        } else {
-            text
-        }),
+        "a" => out.push_str(if text.is_empty() { el.get("href").and_then(Value::as_str).unwrap_or("") } else { text }),
         "at" => {
             let id = el.get("user_id").and_then(Value::as_str).unwrap_or("");
             // `user_id` is a placeholder key in received events, an open_id elsewhere.
-            let mention = mentions
-                .iter()
-                .find(|m| m.key == id || m.open_id.as_deref() == Some(id));
-            let is_bot =
-                mention.is_some_and(|m| m.is_bot) || (bot_open_id == Some(id) && !id.is_empty());
+            let mention = mentions.iter().find(|m| m.key == id || m.open_id.as_deref() == Some(id));
+            let is_bot = mention.is_some_and(|m| m.is_bot) || (bot_open_id == Some(id) && !id.is_empty());
             if is_bot {
                 return;
             }
@@ -358,12 +302,7 @@ mod tests {
 
     #[test]
     fn p2p_text_is_parsed() {
-        let ev = event(
-            "p2p",
-            "text",
-            json!({"text": "  hello there \n"}),
-            json!(null),
-        );
+        let ev = event("p2p", "text", json!({"text": "  hello there \n"}), json!(null));
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.message_id, "om_1");
         assert_eq!(m.root_id, None);
@@ -383,11 +322,7 @@ mod tests {
             "group",
             "text",
             json!({"text": "@_user_1 ask @_user_2 and @_user_10 about it"}),
-            json!([
-                mention("@_user_1", "Switchboard", BOT),
-                mention("@_user_2", "Tom", "ou_tom"),
-                mention("@_user_10", "Ann", "ou_ann"),
-            ]),
+            json!([mention("@_user_1", "Switchboard", BOT), mention("@_user_2", "Tom", "ou_tom"), mention("@_user_10", "Ann", "ou_ann"),]),
         );
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.text.as_deref(), Some("ask @Tom and @Ann about it"));
@@ -398,12 +333,7 @@ mod tests {
 
     #[test]
     fn group_without_bot_mention_is_not_answered() {
-        let ev = event(
-            "group",
-            "text",
-            json!({"text": "@_user_1 lunch?"}),
-            json!([mention("@_user_1", "Tom", "ou_tom")]),
-        );
+        let ev = event("group", "text", json!({"text": "@_user_1 lunch?"}), json!([mention("@_user_1", "Tom", "ou_tom")]));
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.text.as_deref(), Some("@Tom lunch?"));
         assert!(!m.bot_mentioned);
@@ -414,22 +344,12 @@ mod tests {
     fn unknown_bot_id_uses_mentioned_type_only() {
         let mut bot = mention("@_user_1", "Switchboard", "ou_whatever");
         bot["mentioned_type"] = json!("bot");
-        let ev = event(
-            "group",
-            "text",
-            json!({"text": "@_user_1 hi"}),
-            json!([bot]),
-        );
+        let ev = event("group", "text", json!({"text": "@_user_1 hi"}), json!([bot]));
         let m = parse_receive(&ev, None).unwrap();
         assert!(m.bot_mentioned);
         assert_eq!(m.text.as_deref(), Some("hi"));
 
-        let ev = event(
-            "group",
-            "text",
-            json!({"text": "@_user_1 hi"}),
-            json!([mention("@_user_1", "Tom", "ou_tom")]),
-        );
+        let ev = event("group", "text", json!({"text": "@_user_1 hi"}), json!([mention("@_user_1", "Tom", "ou_tom")]));
         assert!(!parse_receive(&ev, None).unwrap().bot_mentioned);
     }
 
@@ -453,15 +373,8 @@ mod tests {
                 [{"tag": "text", "text": "ping "}, {"tag": "at", "user_id": "@_user_2", "user_name": "Tom"}]
             ]
         });
-        let mentions = json!([
-            mention("@_user_1", "Switchboard", BOT),
-            mention("@_user_2", "Tom", "ou_tom")
-        ]);
-        let m = parse_receive(
-            &event("group", "post", body.clone(), mentions.clone()),
-            Some(BOT),
-        )
-        .unwrap();
+        let mentions = json!([mention("@_user_1", "Switchboard", BOT), mention("@_user_2", "Tom", "ou_tom")]);
+        let m = parse_receive(&event("group", "post", body.clone(), mentions.clone()), Some(BOT)).unwrap();
         assert_eq!(m.text.as_deref(), Some("Plan\n see docs\n\nping @Tom"));
         assert!(m.bot_mentioned);
 
@@ -483,22 +396,13 @@ mod tests {
 
     #[test]
     fn malformed_events_are_errors() {
-        assert_eq!(
-            parse_receive(&json!({}), None),
-            Err(ParseError::MissingField("message"))
-        );
+        assert_eq!(parse_receive(&json!({}), None), Err(ParseError::MissingField("message")));
         let mut ev = event("p2p", "text", json!({"text": "x"}), json!(null));
         ev["message"]["content"] = json!("not json");
-        assert_eq!(
-            parse_receive(&ev, None),
-            Err(ParseError::BadContent("text".into()))
-        );
+        assert_eq!(parse_receive(&ev, None), Err(ParseError::BadContent("text".into())));
         let mut ev = event("p2p", "text", json!({"text": "x"}), json!(null));
         ev["sender"]["sender_id"] = json!({});
-        assert_eq!(
-            parse_receive(&ev, None),
-            Err(ParseError::MissingField("sender.sender_id.open_id"))
-        );
+        assert_eq!(parse_receive(&ev, None), Err(ParseError::MissingField("sender.sender_id.open_id")));
         let mut ev = event("p2p", "text", json!({"text": "x"}), json!(null));
         ev["message"]["content"] = json!(42);
         assert!(parse_receive(&ev, None).is_err());
@@ -506,12 +410,7 @@ mod tests {
 
     #[test]
     fn stray_at_signs_survive() {
-        let ev = event(
-            "p2p",
-            "text",
-            json!({"text": "mail a@b.c @_user_9 @"}),
-            json!([]),
-        );
+        let ev = event("p2p", "text", json!({"text": "mail a@b.c @_user_9 @"}), json!([]));
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.text.as_deref(), Some("mail a@b.c @_user_9 @"));
     }
@@ -526,10 +425,7 @@ mod tests {
     #[test]
     fn split_prefers_paragraphs_then_lines_then_spaces() {
         assert_eq!(split_text("aaaa\n\nbbbb\ncc", 10), vec!["aaaa", "bbbb\ncc"]);
-        assert_eq!(
-            split_text("aaaa\nbbbb\ncccc", 10),
-            vec!["aaaa\nbbbb", "cccc"]
-        );
+        assert_eq!(split_text("aaaa\nbbbb\ncccc", 10), vec!["aaaa\nbbbb", "cccc"]);
         assert_eq!(split_text("aaa bbb ccc ddd", 8), vec!["aaa bbb", "ccc ddd"]);
     }
 
@@ -538,10 +434,7 @@ mod tests {
         let text = "é".repeat(10) + &"语".repeat(10);
         for limit in [0, 1, 4, 5, 7, 16] {
             let chunks = split_text(&text, limit);
-            assert!(
-                chunks.iter().all(|c| c.len() <= limit.max(4)),
-                "limit {limit}"
-            );
+            assert!(chunks.iter().all(|c| c.len() <= limit.max(4)), "limit {limit}");
             assert_eq!(chunks.concat(), text);
         }
         let big = "word ".repeat(10_000);

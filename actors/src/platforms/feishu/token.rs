@@ -47,21 +47,14 @@ impl Default for TokenCache {
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
-            .field("token", &"<redacted>")
-            .field("refreshes", &self.refreshes())
-            .finish()
+        f.debug_struct("TokenCache").field("token", &"<redacted>").field("refreshes", &self.refreshes()).finish()
     }
 }
 
 impl TokenCache {
     /// An empty cache.
     pub fn new() -> Self {
-        Self {
-            slot: Mutex::new(None),
-            refresh: tokio::sync::Mutex::new(()),
-            refreshes: AtomicU64::new(0),
-        }
+        Self { slot: Mutex::new(None), refresh: tokio::sync::Mutex::new(()), refreshes: AtomicU64::new(0) }
     }
 
     /// The cached token, if still within its validity window.
@@ -72,9 +65,7 @@ impl TokenCache {
     /// [`TokenCache::current`] at an explicit time (for tests).
     pub fn current_at(&self, now: Instant) -> Option<String> {
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref()
-            .filter(|c| now < c.valid_until)
-            .map(|c| c.token.clone())
+        slot.as_ref().filter(|c| now < c.valid_until).map(|c| c.token.clone())
     }
 
     /// Returns the cached token or runs `fetch` to get a new one. While one caller fetches,
@@ -89,11 +80,7 @@ impl TokenCache {
     }
 
     /// [`TokenCache::get_or_refresh`] with an injected clock (for tests).
-    pub async fn get_or_refresh_with_clock<C, F, Fut>(
-        &self,
-        now: C,
-        fetch: F,
-    ) -> Result<String, FsError>
+    pub async fn get_or_refresh_with_clock<C, F, Fut>(&self, now: C, fetch: F) -> Result<String, FsError>
     where
         C: Fn() -> Instant,
         F: FnOnce() -> Fut,
@@ -111,10 +98,7 @@ impl TokenCache {
         let valid_until = now() + lifetime;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(Cached {
-            token: fetched.token.clone(),
-            valid_until,
-        });
+        *slot = Some(Cached { token: fetched.token.clone(), valid_until });
         Ok(fetched.token)
     }
 
@@ -147,16 +131,12 @@ mod tests {
     fn fetcher(
         calls: Arc<AtomicUsize>,
         expire_secs: u64,
-    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<FetchedToken, FsError>> + Send>>
-    {
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<FetchedToken, FsError>> + Send>> {
         move || {
             Box::pin(async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(FetchedToken {
-                    token: format!("t-{n}"),
-                    expire_secs,
-                })
+                Ok(FetchedToken { token: format!("t-{n}"), expire_secs })
             })
         }
     }
@@ -169,9 +149,7 @@ mod tests {
         for _ in 0..20 {
             let cache = cache.clone();
             let calls = calls.clone();
-            tasks.push(tokio::spawn(async move {
-                cache.get_or_refresh(fetcher(calls, 7200)).await
-            }));
+            tasks.push(tokio::spawn(async move { cache.get_or_refresh(fetcher(calls, 7200)).await }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap(), "t-1");
@@ -198,21 +176,12 @@ mod tests {
     async fn invalidate_if_only_drops_the_named_token() {
         let cache = TokenCache::new();
         let calls = Arc::new(AtomicUsize::new(0));
-        cache
-            .get_or_refresh(fetcher(calls.clone(), 7200))
-            .await
-            .unwrap();
+        cache.get_or_refresh(fetcher(calls.clone(), 7200)).await.unwrap();
         cache.invalidate_if("t-other");
         assert_eq!(cache.current().as_deref(), Some("t-1"));
         cache.invalidate_if("t-1");
         assert_eq!(cache.current(), None);
-        assert_eq!(
-            cache
-                .get_or_refresh(fetcher(calls.clone(), 7200))
-                .await
-                .unwrap(),
-            "t-2"
-        );
+        assert_eq!(cache.get_or_refresh(fetcher(calls.clone(), 7200)).await.unwrap(), "t-2");
         cache.invalidate();
         assert_eq!(cache.current(), None);
     }
@@ -220,29 +189,18 @@ mod tests {
     #[tokio::test]
     async fn failed_fetch_is_not_cached() {
         let cache = TokenCache::new();
-        let err = cache
-            .get_or_refresh(|| async { Err(FsError::Transient("down".into())) })
-            .await;
+        let err = cache.get_or_refresh(|| async { Err(FsError::Transient("down".into())) }).await;
         assert_eq!(err, Err(FsError::Transient("down".into())));
         assert_eq!(cache.refreshes(), 0);
         let calls = Arc::new(AtomicUsize::new(0));
-        assert_eq!(
-            cache.get_or_refresh(fetcher(calls, 7200)).await.unwrap(),
-            "t-1"
-        );
+        assert_eq!(cache.get_or_refresh(fetcher(calls, 7200)).await.unwrap(), "t-1");
     }
 
     #[tokio::test]
     async fn short_lived_token_is_returned_but_not_cached() {
         let cache = TokenCache::new();
         let calls = Arc::new(AtomicUsize::new(0));
-        assert_eq!(
-            cache
-                .get_or_refresh(fetcher(calls.clone(), 60))
-                .await
-                .unwrap(),
-            "t-1"
-        );
+        assert_eq!(cache.get_or_refresh(fetcher(calls.clone(), 60)).await.unwrap(), "t-1");
         assert_eq!(cache.current(), None);
     }
 

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
-use super::error::{classify, TgError};
+use super::error::{TgError, classify};
 use super::types::{ApiResponse, Message, User};
 
 /// The public Bot API server.
@@ -101,12 +101,7 @@ impl BotApi {
     /// empty `allowed_updates` is sent as `[]`, which Telegram reads as "all kinds except
     /// chat_member and reactions". The request may take up to `timeout_secs` plus
     /// [`LONG_POLL_GRACE`].
-    pub async fn get_updates(
-        &self,
-        offset: i64,
-        timeout_secs: u64,
-        allowed_updates: &[&str],
-    ) -> Result<Vec<serde_json::Value>, TgError> {
+    pub async fn get_updates(&self, offset: i64, timeout_secs: u64, allowed_updates: &[&str]) -> Result<Vec<serde_json::Value>, TgError> {
         let body = serde_json::json!({
             "offset": offset,
             "timeout": timeout_secs,
@@ -120,9 +115,7 @@ impl BotApi {
     /// An invalid secret is rejected locally with [`TgError::InvalidRequest`].
     pub async fn set_webhook(&self, url: &str, secret_token: &str, allowed_updates: &[&str]) -> Result<(), TgError> {
         if !is_valid_secret_token(secret_token) {
-            return Err(TgError::InvalidRequest(
-                "webhook secret token must be 1-256 characters of A-Z, a-z, 0-9, _ and -".into(),
-            ));
+            return Err(TgError::InvalidRequest("webhook secret token must be 1-256 characters of A-Z, a-z, 0-9, _ and -".into()));
         }
         let body = serde_json::json!({
             "url": url,
@@ -145,22 +138,14 @@ impl BotApi {
             text: &req.text,
             parse_mode: req.parse_mode,
             message_thread_id: req.message_thread_id,
-            reply_parameters: req
-                .reply_to_message_id
-                .map(|message_id| ReplyParameters { message_id, allow_sending_without_reply: true }),
+            reply_parameters: req.reply_to_message_id.map(|message_id| ReplyParameters { message_id, allow_sending_without_reply: true }),
         };
         self.call("sendMessage", &body, CALL_TIMEOUT).await
     }
 
     /// `editMessageText` of a message the bot sent. "message is not modified" (same content)
     /// counts as success.
-    pub async fn edit_message_text(
-        &self,
-        chat_id: i64,
-        message_id: i64,
-        text: &str,
-        parse_mode: Option<&str>,
-    ) -> Result<(), TgError> {
+    pub async fn edit_message_text(&self, chat_id: i64, message_id: i64, text: &str, parse_mode: Option<&str>) -> Result<(), TgError> {
         let mut body = serde_json::json!({ "chat_id": chat_id, "message_id": message_id, "text": text });
         if let Some(mode) = parse_mode {
             body["parse_mode"] = mode.into();
@@ -182,12 +167,7 @@ impl BotApi {
     }
 
     /// POSTs `body` to `method` and decodes the envelope's `result`.
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        method: &str,
-        body: &B,
-        timeout: Duration,
-    ) -> Result<T, TgError> {
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(&self, method: &str, body: &B, timeout: Duration) -> Result<T, TgError> {
         let url = format!("{}/bot{}/{}", self.base, self.token, method);
         let result = async {
             let resp = self.client.post(url).json(body).timeout(timeout).send().await.map_err(network_error)?;
@@ -221,7 +201,13 @@ impl BotApi {
 /// A reqwest failure (connect, timeout, body read) as [`TgError::Transient`], with the URL
 /// (which contains the token) stripped and the source chain flattened into the message.
 fn network_error(e: reqwest::Error) -> TgError {
-    let kind = if e.is_timeout() { "timeout" } else if e.is_connect() { "connect" } else { "network" };
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "network"
+    };
     let e = e.without_url();
     let mut msg = format!("{kind}: {e}");
     let mut source = std::error::Error::source(&e);
@@ -250,7 +236,7 @@ fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, TgError> {
 mod tests {
     use super::*;
     use crate::platforms::telegram::types::{parse_update, update_id_of};
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
@@ -317,11 +303,9 @@ mod tests {
 
     #[tokio::test]
     async fn send_message_posts_json_to_the_token_path() {
-        let tg = fake(vec![(
-            200,
-            r#"{"ok":true,"result":{"message_id":77,"date":1,"chat":{"id":-1001,"type":"supergroup"},"text":"hi"}}"#,
-        )])
-        .await;
+        let tg =
+            fake(vec![(200, r#"{"ok":true,"result":{"message_id":77,"date":1,"chat":{"id":-1001,"type":"supergroup"},"text":"hi"}}"#)])
+                .await;
         let sent = api(&tg.base)
             .send_message(&SendMessage {
                 chat_id: -1001,

@@ -129,30 +129,45 @@ mod tests {
 
     #[test]
     fn flood_control() {
-        let e = classify(429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#);
+        let e = classify(
+            429,
+            r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#,
+        );
         assert_eq!(e, TgError::RetryAfter(Duration::from_secs(7)));
         assert!(e.is_retryable());
         assert_eq!(e.label(), "retry_after");
-        assert_eq!(classify(429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests"}"#), TgError::RetryAfter(DEFAULT_RETRY_AFTER));
+        assert_eq!(
+            classify(429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests"}"#),
+            TgError::RetryAfter(DEFAULT_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn migration() {
-        let e = classify(400, r#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001234567890}}"#);
+        let e = classify(
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001234567890}}"#,
+        );
         assert_eq!(e, TgError::Migrated(-1001234567890));
         assert_eq!(e.label(), "migrated");
     }
 
     #[test]
     fn conflict() {
-        let e = classify(409, r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}"#);
+        let e = classify(
+            409,
+            r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}"#,
+        );
         assert!(matches!(&e, TgError::Conflict(d) if d.contains("other getUpdates")));
         assert_eq!(e.label(), "conflict");
     }
 
     #[test]
     fn bad_markup() {
-        let e = classify(400, r#"{"ok":false,"error_code":400,"description":"Bad Request: can't parse entities: Can't find end of the entity starting at byte offset 12"}"#);
+        let e = classify(
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: can't parse entities: Can't find end of the entity starting at byte offset 12"}"#,
+        );
         assert!(matches!(&e, TgError::CantParseEntities(d) if d.contains("byte offset 12")));
         assert_eq!(e.label(), "cant_parse_entities");
         assert!(!e.is_retryable());
@@ -160,11 +175,19 @@ mod tests {
 
     #[test]
     fn permanent_client_errors() {
-        for (status, desc) in [(400, "Bad Request: chat not found"), (401, "Unauthorized"), (403, "Forbidden: bot was blocked by the user"), (404, "Not Found")] {
+        for (status, desc) in [
+            (400, "Bad Request: chat not found"),
+            (401, "Unauthorized"),
+            (403, "Forbidden: bot was blocked by the user"),
+            (404, "Not Found"),
+        ] {
             let body = format!(r#"{{"ok":false,"error_code":{status},"description":"{desc}"}}"#);
             assert_eq!(classify(status, &body), TgError::Permanent { code: i64::from(status), description: desc.into() });
         }
-        let e = classify(400, r#"{"ok":false,"error_code":400,"description":"Bad Request: message is not modified: specified new message content and reply markup are exactly the same"}"#);
+        let e = classify(
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: message is not modified: specified new message content and reply markup are exactly the same"}"#,
+        );
         assert!(e.is_not_modified());
         assert_eq!(e.label(), "permanent");
         assert!(!classify(403, r#"{"ok":false,"error_code":403,"description":"Forbidden"}"#).is_not_modified());
@@ -178,7 +201,10 @@ mod tests {
         assert!(matches!(classify(0, ""), TgError::Transient(_)));
         assert_eq!(classify(418, "teapot"), TgError::Permanent { code: 418, description: "HTTP 418 without an error envelope".into() });
         // Hostile numbers do not panic.
-        assert_eq!(classify(429, r#"{"ok":false,"parameters":{"retry_after":18446744073709551615}}"#), TgError::RetryAfter(MAX_RETRY_AFTER));
+        assert_eq!(
+            classify(429, r#"{"ok":false,"parameters":{"retry_after":18446744073709551615}}"#),
+            TgError::RetryAfter(MAX_RETRY_AFTER)
+        );
         assert_eq!(classify(429, r#"{"ok":false,"parameters":{"retry_after":-1}}"#), TgError::RetryAfter(DEFAULT_RETRY_AFTER));
         assert!(matches!(classify(400, r#"{"ok":false,"parameters":{"migrate_to_chat_id":1e400}}"#), TgError::Permanent { code: 400, .. }));
     }

@@ -64,9 +64,7 @@ pub fn split_message(text: &str, limit: usize) -> Vec<String> {
         }
         let window = &rest[..window_end];
         let min_cut = window.len() / 4;
-        let cut = SEPARATORS.iter().find_map(|sep| {
-            window.rfind(sep).filter(|&p| p > 0 && p >= min_cut).map(|p| (p, sep.len()))
-        });
+        let cut = SEPARATORS.iter().find_map(|sep| window.rfind(sep).filter(|&p| p > 0 && p >= min_cut).map(|p| (p, sep.len())));
         match cut {
             Some((p, sep_len)) => {
                 push_chunk(&mut chunks, &rest[..p]);
@@ -116,10 +114,7 @@ mod tests {
             let found = text[pos..].find(chunk.as_str()).expect("chunk appears in order");
             let skipped = &text[pos..pos + found];
             if i > 0 {
-                assert!(
-                    ["", " ", "\n", "\n\n"].contains(&skipped) || skipped.trim().is_empty(),
-                    "unexpected dropped text {skipped:?}"
-                );
+                assert!(["", " ", "\n", "\n\n"].contains(&skipped) || skipped.trim().is_empty(), "unexpected dropped text {skipped:?}");
             } else {
                 assert!(skipped.trim().is_empty());
             }

@@ -233,9 +233,7 @@ fn classify_entity(units: &[u16], e: &MessageEntity, bot: &BotIdentity) -> Addre
         "bot_command" if e.offset == 0 => match entity_text(units, e) {
             Some(t) => match t.split_once('@') {
                 None => Addressing::BareCommand,
-                Some((_, name)) if bot.name_matches(name) => {
-                    Addressing::CommandForUs { suffix_units: name.encode_utf16().count() + 1 }
-                }
+                Some((_, name)) if bot.name_matches(name) => Addressing::CommandForUs { suffix_units: name.encode_utf16().count() + 1 },
                 Some(_) => Addressing::Other,
             },
             None => Addressing::Other,
@@ -302,7 +300,7 @@ fn strip_addressing(units: &[u16], entities: &[MessageEntity], bot: &BotIdentity
 mod tests {
     use super::*;
     use crate::platforms::telegram::types::parse_update;
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
 
     const BOT_ID: i64 = 777;
 
@@ -409,7 +407,8 @@ mod tests {
         let u = msg(json!({"chat": group(), "text": "/ask@Switch_Bot why?", "entities": [entity("bot_command", 0, 15)]}));
         assert_eq!(answer(triage(&u, &bot())).text, "/ask why?");
         // The same in private chats.
-        let u = msg(json!({"chat": {"id": 42, "type": "private"}, "text": "/start@switch_bot", "entities": [entity("bot_command", 0, 17)]}));
+        let u =
+            msg(json!({"chat": {"id": 42, "type": "private"}, "text": "/start@switch_bot", "entities": [entity("bot_command", 0, 17)]}));
         assert_eq!(answer(triage(&u, &bot())).text, "/start");
     }
 
@@ -532,14 +531,14 @@ mod tests {
     fn malformed_entities_never_panic() {
         let text = "😀 @switch_bot";
         let bad = [
-            entity("mention", 1, 3),      // splits the surrogate pair
-            entity("mention", 100, 5),     // past the end
+            entity("mention", 1, 3),   // splits the surrogate pair
+            entity("mention", 100, 5), // past the end
             json!({"type": "mention", "offset": -3, "length": 4}),
             json!({"type": "bot_command", "offset": 0, "length": i64::MAX}),
             json!({"type": "text_mention", "offset": 0, "length": 2}), // no user
-            entity("mention", 3, 11),      // the real one
-            entity("mention", 3, 11),      // duplicate
-            entity("mention", 2, 5),       // overlapping
+            entity("mention", 3, 11),                                  // the real one
+            entity("mention", 3, 11),                                  // duplicate
+            entity("mention", 2, 5),                                   // overlapping
         ];
         let u = msg(json!({"chat": group(), "text": text, "entities": bad}));
         assert_eq!(answer(triage(&u, &bot())).text, "😀");
@@ -553,7 +552,14 @@ mod tests {
         let nameless = BotIdentity::new(Some(BOT_ID), "");
         let u = msg(json!({"chat": group(), "text": "@ hi", "entities": [entity("mention", 0, 1)]}));
         assert_eq!(ignored(triage(&u, &nameless)), "not_addressed");
-        let me = User { id: 3, is_bot: true, first_name: "S".into(), last_name: None, username: Some("sb".into()), can_read_all_group_messages: None };
+        let me = User {
+            id: 3,
+            is_bot: true,
+            first_name: "S".into(),
+            last_name: None,
+            username: Some("sb".into()),
+            can_read_all_group_messages: None,
+        };
         assert_eq!(BotIdentity::from_user(&me), BotIdentity::new(Some(3), "sb"));
     }
 }

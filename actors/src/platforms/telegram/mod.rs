@@ -18,5 +18,5 @@ pub mod types;
 
 pub use api::{BotApi, SendMessage};
 pub use error::TgError;
-pub use inbound::{triage, BotIdentity, Incoming, Triage};
+pub use inbound::{BotIdentity, Incoming, Triage, triage};
 pub use types::{ChatType, Message, Update, User};
