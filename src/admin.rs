@@ -8,13 +8,13 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use switchboard_actors::session::ROUTER_NAME;
-use switchboard_actors::session::RouterMsg;
+use switchboard_actors::session::{ChatRequest, RouterMsg};
 use switchboard_actors::telemetry;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::{AdminToken, Role};
-use crate::http::{ApiError, AppState, inbox_request};
+use crate::http::{ApiError, AppState};
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             };
             st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
             let inbox_id = entry.id;
-            if let Some(req) = inbox_request(&entry) {
+            if let Some(req) = ChatRequest::from_inbox(&entry) {
                 switchboard_actors::session::route_message(req, None);
             }
             Ok(warp::reply::with_status(

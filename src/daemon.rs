@@ -14,6 +14,7 @@ use switchboard_actors::platforms::config::TelegramMode;
 use switchboard_actors::platforms::egress::PlatformSender;
 use switchboard_actors::platforms::feishu_app::{FeishuApp, FeishuSender};
 use switchboard_actors::platforms::telegram_bot::{TelegramBot, TelegramSender};
+use switchboard_actors::session::ChatRequest;
 use switchboard_actors::store::{SqlStore, Store};
 use switchboard_actors::telemetry;
 use switchboard_actors::tree::{self, TreeConfig};
@@ -232,7 +233,7 @@ async fn replay_inbox(state: &AppState, started_ms: i64, orphan_after_secs: u64)
     }
     tracing::warn!(count = pending.len(), "Replaying messages accepted before the last stop.");
     for entry in &pending {
-        if let Some(req) = http::inbox_request(entry) {
+        if let Some(req) = ChatRequest::from_inbox(entry) {
             anyhow::ensure!(switchboard_actors::session::route_message(req, None), "replay: the session router is not running");
         }
     }

@@ -13,7 +13,7 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::{GenerateOptions, InferenceError};
 use switchboard_actors::session::{ChatError, ChatReply, ChatRequest, InboxPayload};
-use switchboard_actors::store::{Accepted, InboxEntry, NewInbound, Store};
+use switchboard_actors::store::{Accepted, NewInbound, Store};
 
 use crate::config::AdminToken;
 use switchboard_actors::telemetry;
@@ -202,11 +202,6 @@ struct ParsedChat {
     request: ChatRequest,
     stream: bool,
     message_id: Option<String>,
-}
-
-/// Rebuilds a chat request from an inbox row (start-up replay, dead-letter replay).
-pub fn inbox_request(e: &InboxEntry) -> Option<ChatRequest> {
-    ChatRequest::from_inbox(e)
 }
 
 fn parse_chat(body: &[u8]) -> Result<ParsedChat, ApiError> {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry;
@@ -148,8 +148,6 @@ pub struct SupervisorArgs {
 pub enum SupervisorMsg {
     /// Start (again) the child with this name.
     StartChild(String),
-    /// Lists the children and whether each is running.
-    Children(RpcReplyPort<Vec<(String, Option<ActorCell>)>>),
 }
 
 struct ChildSlot {
@@ -217,10 +215,6 @@ impl Actor for SupervisorActor {
                         self.child_gone(&myself, state, idx, &reason).await?;
                     }
                 }
-            }
-            SupervisorMsg::Children(reply) => {
-                let list = state.slots.iter().map(|s| (s.spec.name.clone(), s.cell.clone())).collect();
-                let _ = reply.send(list);
             }
         }
         Ok(())

@@ -36,6 +36,25 @@ struct Row {
     first_token_at: Option<Instant>,
 }
 
+impl Row {
+    fn new(req: GenRequest) -> Self {
+        let history = req.prompt_ids.clone();
+        let sampler = Sampler::new(req.sampling.clone());
+        Self {
+            cached: history.len(),
+            history,
+            req,
+            pending: 0,
+            generated: 0,
+            sampler,
+            decoder: IncrementalDecoder::default(),
+            text: String::new(),
+            emitted: 0,
+            first_token_at: None,
+        }
+    }
+}
+
 /// Why a row leaves the batch.
 enum Exit {
     Finished(FinishReason),
@@ -60,11 +79,6 @@ impl Engine {
     /// Sequences currently in the batch.
     pub fn active(&self) -> usize {
         self.rows.len()
-    }
-
-    /// Ids of the requests in the batch.
-    pub fn request_ids(&self) -> Vec<u64> {
-        self.rows.iter().map(|r| r.req.id).collect()
     }
 
     /// Prefills `reqs` together, samples their first token and merges them into the batch.
@@ -107,66 +121,41 @@ impl Engine {
         let out = self.model.forward(ids, mask, pos, max_len, empty)?;
         telemetry::inference_step(n, started.elapsed(), "prefill");
         let vocab = out.vocab;
-        let mut new_rows = Vec::with_capacity(n);
-        for (i, req) in fresh.into_iter().enumerate() {
-            let history = req.prompt_ids.clone();
-            let cached = history.len();
-            let sampler = Sampler::new(req.sampling.clone());
-            new_rows.push(Row {
-                req,
-                history,
-                cached,
-                pending: 0,
-                generated: 0,
-                sampler,
-                decoder: IncrementalDecoder::default(),
-                text: String::new(),
-                emitted: 0,
-                first_token_at: None,
-            });
-            let _ = i;
-        }
-        // Sample the first token of each new row.
-        let mut exits = Vec::new();
+        // Sample each newcomer's first token; those that already finished never join.
         let mut all_logits = out.last_logits;
-        for (i, row) in new_rows.iter_mut().enumerate() {
-            let logits = &mut all_logits[i * vocab..(i + 1) * vocab];
-            if let Some(exit) = self.accept_token(row, logits) {
-                exits.push((i, exit));
+        let mut survivors = Vec::with_capacity(n);
+        let mut tokens = 0;
+        for (i, req) in fresh.into_iter().enumerate() {
+            let mut row = Row::new(req);
+            let exit = accept(&self.assets, &mut row, &mut all_logits[i * vocab..(i + 1) * vocab]);
+            tokens += row.generated;
+            match exit {
+                Some(exit) => {
+                    done.push(row.req.id);
+                    self.finish(row, exit);
+                }
+                None => survivors.push((row, i)),
             }
         }
-        // Merge the surviving new rows into the running batch.
-        let keep_new: Vec<usize> = (0..n).filter(|i| !exits.iter().any(|(e, _)| e == i)).collect();
-        let mut finished_rows = Vec::new();
-        let mut survivors = Vec::new();
-        for (i, row) in new_rows.into_iter().enumerate() {
-            match exits.iter().position(|(e, _)| *e == i) {
-                Some(p) => finished_rows.push((row, exits.remove(p).1)),
-                None => survivors.push(row),
-            }
+        telemetry::tokens_generated(tokens as u64);
+        if survivors.is_empty() {
+            return Ok(done);
         }
-        for (row, exit) in finished_rows {
-            done.push(row.req.id);
-            self.finish(row, exit);
-        }
-        if !survivors.is_empty() && self.cache.is_none() && survivors.len() == n {
+        let merged = match self.cache.take() {
             // Nothing was running and every newcomer goes on: the prefill's cache is the batch's.
-            self.cache = Some(out.cache);
-            self.rows.extend(survivors);
-        } else if !survivors.is_empty() {
-            let new_cache = out.cache;
-            let old_rows = self.rows.len();
-            let len = self.cache.as_ref().map(|c| c.len).unwrap_or(0).max(new_cache.len);
-            let mut sources: Vec<RowSource<'_>> = Vec::with_capacity(old_rows + survivors.len());
-            if let Some(c) = &self.cache {
-                sources.extend((0..old_rows).map(|row| RowSource { cache: c, row, skip: 0 }));
+            None if survivors.len() == n => out.cache,
+            running => {
+                let len = running.as_ref().map_or(0, |c| c.len).max(out.cache.len);
+                let mut sources: Vec<RowSource<'_>> = Vec::with_capacity(self.rows.len() + survivors.len());
+                if let Some(c) = &running {
+                    sources.extend((0..self.rows.len()).map(|row| RowSource { cache: c, row, skip: 0 }));
+                }
+                sources.extend(survivors.iter().map(|&(_, row)| RowSource { cache: &out.cache, row, skip: 0 }));
+                KvCache::gather(&sources, len, self.model.kv_heads, self.model.head_dim)?
             }
-            sources.extend(keep_new.iter().map(|&row| RowSource { cache: &new_cache, row, skip: 0 }));
-            let merged = KvCache::gather(&sources, len, self.model.kv_heads, self.model.head_dim)?;
-            drop(sources);
-            self.cache = Some(merged);
-            self.rows.extend(survivors);
-        }
+        };
+        self.cache = Some(merged);
+        self.rows.extend(survivors.into_iter().map(|(row, _)| row));
         Ok(done)
     }
 
@@ -193,13 +182,17 @@ impl Engine {
         let mut exits: Vec<(usize, Exit)> = Vec::new();
         let assets = self.assets.clone();
         let mut all_logits = out.last_logits;
+        let mut tokens = 0;
         for (i, row) in self.rows.iter_mut().enumerate() {
             row.cached += 1;
-            let logits = &mut all_logits[i * vocab..(i + 1) * vocab];
-            if let Some(exit) = accept(&assets, row, logits) {
+            let before = row.generated;
+            if let Some(exit) = accept(&assets, row, &mut all_logits[i * vocab..(i + 1) * vocab]) {
                 exits.push((i, exit));
             }
+            tokens += row.generated - before;
         }
+        // One counter update per step, not per token.
+        telemetry::tokens_generated(tokens as u64);
         left.extend(self.remove_rows(exits)?);
         Ok(left)
     }
@@ -257,10 +250,6 @@ impl Engine {
         Ok(ids)
     }
 
-    fn accept_token(&self, row: &mut Row, logits: &mut [f32]) -> Option<Exit> {
-        accept(&self.assets, row, logits)
-    }
-
     /// Sends the end of a row's stream.
     fn finish(&self, mut row: Row, exit: Exit) {
         let events = &row.req.events;
@@ -272,6 +261,7 @@ impl Engine {
                     flush_text(&mut row, None);
                 }
                 let ttft = row.first_token_at.map(|t| t.duration_since(row.req.submitted)).unwrap_or_default();
+                telemetry::inference_done(row.req.submitted.elapsed());
                 let _ = row.req.events.send(GenEvent::Done(GenSummary {
                     prompt_tokens: row.req.prompt_ids.len(),
                     generated_tokens: row.generated,
@@ -307,7 +297,6 @@ fn accept(assets: &ModelAssets, row: &mut Row, logits: &mut [f32]) -> Option<Exi
         return Some(Exit::Finished(FinishReason::Eos));
     }
     row.generated += 1;
-    telemetry::tokens_generated(1);
     row.history.push(token);
     row.pending = token;
     let delta = row.decoder.push(&assets.tokenizer, token);

@@ -63,6 +63,7 @@ pub fn egress_name(platform: &str, account: &str) -> String {
 
 pub struct EgressActor;
 
+/// The egress actor's arguments, kept as its state.
 pub struct EgressArgs {
     pub sender: Arc<dyn PlatformSender>,
     pub store: Arc<dyn Store>,
@@ -71,13 +72,15 @@ pub struct EgressArgs {
 }
 
 pub enum EgressMsg {
-    /// Send a reply; `inbox_id` is marked done when every chunk is delivered (or failed for good).
+    /// Send a short reply that needs no model (a command's answer, an apology); `inbox_id` is
+    /// marked done when every chunk is delivered (or failed for good).
     Reply { route: Value, text: String, inbox_id: Option<i64> },
     /// Show a typing indicator.
     Typing { route: Value },
-    /// Stream a reply as it is generated: text deltas arrive on `deltas`; when it closes,
-    /// `done` says whether generation succeeded (the final text is then sent in full).
-    Stream {
+    /// A model answer as it is generated: text deltas arrive on `deltas`; when it closes, `done`
+    /// says whether generation succeeded. Platforms that stream show the text early and edit it;
+    /// the others send the whole answer at the end.
+    Answer {
         route: Value,
         deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
         done: tokio::sync::oneshot::Receiver<bool>,
@@ -85,75 +88,45 @@ pub enum EgressMsg {
     },
 }
 
-pub struct EgressState {
-    sender: Arc<dyn PlatformSender>,
-    store: Arc<dyn Store>,
-    max_attempts: u32,
-}
-
 impl Actor for EgressActor {
     type Msg = EgressMsg;
-    type State = EgressState;
+    type State = EgressArgs;
     type Arguments = EgressArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<EgressMsg>, args: EgressArgs) -> Result<EgressState, ActorProcessingErr> {
-        if args.sender.streams() {
-            if let Ok(mut s) = STREAMING.write() {
-                s.insert(egress_name(args.sender.platform(), args.sender.account()));
-            }
-        }
-        Ok(EgressState { sender: args.sender, store: args.store, max_attempts: args.max_attempts.max(1) })
+    async fn pre_start(&self, _myself: ActorRef<EgressMsg>, mut args: EgressArgs) -> Result<EgressArgs, ActorProcessingErr> {
+        args.max_attempts = args.max_attempts.max(1);
+        Ok(args)
     }
 
-    async fn handle(&self, _myself: ActorRef<EgressMsg>, msg: EgressMsg, state: &mut EgressState) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<EgressMsg>, msg: EgressMsg, state: &mut EgressArgs) -> Result<(), ActorProcessingErr> {
+        let (sender, store, max_attempts) = (state.sender.clone(), state.store.clone(), state.max_attempts);
         match msg {
             EgressMsg::Reply { route, text, inbox_id } => {
                 // Slots are reserved here, in arrival order, so a chat's chunks keep their order;
                 // the waiting and sending happen in a task so other chats are not held up.
-                let chunks = state.sender.chunks(&text);
-                let mut plan = Vec::with_capacity(chunks.len());
                 let now = Instant::now();
-                for c in chunks {
-                    plan.push((now + state.sender.reserve(&route), c));
-                }
-                let sender = state.sender.clone();
-                let store = state.store.clone();
-                let max_attempts = state.max_attempts;
+                let plan: Vec<(Instant, String)> = sender.chunks(&text).into_iter().map(|c| (now + sender.reserve(&route), c)).collect();
                 let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0));
-                tokio::spawn(tracing::Instrument::instrument(
-                    async move {
-                        let key_base = inbox_id.map(|i| format!("sb-{i}")).unwrap_or_else(|| format!("sb-x{}", rand::random::<u32>()));
-                        let mut failure = None;
-                        for (i, (at, chunk)) in plan.into_iter().enumerate() {
-                            tokio::time::sleep_until(at.into()).await;
-                            if let Err(e) = deliver(&*sender, &route, &chunk, &format!("{key_base}-{i}"), i == 0, max_attempts).await {
-                                failure = Some(e);
-                                break;
-                            }
+                let task = async move {
+                    let key_base = key_base(inbox_id);
+                    let mut failure = None;
+                    for (i, (at, chunk)) in plan.into_iter().enumerate() {
+                        tokio::time::sleep_until(at.into()).await;
+                        let key = format!("{key_base}-{i}");
+                        if let Err(e) = with_retries(&*sender, max_attempts, || sender.send(&route, &chunk, &key, i == 0)).await {
+                            failure = Some(e);
+                            break;
                         }
-                        if let Some(id) = inbox_id {
-                            let (status, err) = match &failure {
-                                None => (InboxStatus::Done, None),
-                                Some(e) => (InboxStatus::Rejected, Some(e.as_str())),
-                            };
-                            if let Err(e) = store.inbox_finish(id, status, err).await {
-                                tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
-                            }
-                        }
-                    },
-                    span,
-                ));
+                    }
+                    finish_inbox(&*store, inbox_id, failure.as_deref()).await;
+                };
+                tokio::spawn(tracing::Instrument::instrument(task, span));
             }
-            EgressMsg::Stream { route, deltas, done, inbox_id } => {
-                let (sender, store, max_attempts) = (state.sender.clone(), state.store.clone(), state.max_attempts);
-                let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0), stream = true);
-                tokio::spawn(tracing::Instrument::instrument(
-                    stream_reply(sender, store, route, deltas, done, inbox_id, max_attempts),
-                    span,
-                ));
+            EgressMsg::Answer { route, deltas, done, inbox_id } => {
+                let span = tracing::info_span!("egress", platform = sender.platform(), account = %sender.account(), inbox_id = inbox_id.unwrap_or(0));
+                tokio::spawn(tracing::Instrument::instrument(answer(sender, store, route, deltas, done, inbox_id, max_attempts), span));
             }
             EgressMsg::Typing { route } => {
-                let sender = state.sender.clone();
                 tokio::spawn(async move { sender.typing(&route).await });
             }
         }
@@ -161,16 +134,35 @@ impl Actor for EgressActor {
     }
 }
 
-/// Sends one chunk, honouring retry-after and retrying transient errors with backoff.
-async fn deliver(sender: &dyn PlatformSender, route: &Value, chunk: &str, key: &str, first: bool, max_attempts: u32) -> Result<(), String> {
+/// Idempotency key prefix of a reply's chunks: stable for an inbox entry across retries.
+fn key_base(inbox_id: Option<i64>) -> String {
+    inbox_id.map(|i| format!("sb-{i}")).unwrap_or_else(|| format!("sb-x{}", rand::random::<u32>()))
+}
+
+/// Marks the inbox entry done, or rejected with the delivery error.
+async fn finish_inbox(store: &dyn Store, inbox_id: Option<i64>, failure: Option<&str>) {
+    let Some(id) = inbox_id else { return };
+    let status = if failure.is_some() { InboxStatus::Rejected } else { InboxStatus::Done };
+    if let Err(e) = store.inbox_finish(id, status, failure).await {
+        tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
+    }
+}
+
+/// Runs one platform call, honouring retry-after and retrying transient errors with backoff;
+/// every attempt is counted by outcome.
+async fn with_retries<T, F, Fut>(sender: &dyn PlatformSender, max_attempts: u32, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SendError>>,
+{
     let (platform, account) = (sender.platform(), sender.account().to_string());
     let mut backoff = Duration::from_millis(250);
     for attempt in 1..=max_attempts {
         let started = Instant::now();
-        let result = sender.send(route, chunk, key, first).await;
+        let result = call().await;
         telemetry::egress_send(platform, &account, outcome(&result), started.elapsed());
         match result {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(SendError::RetryAfter(d)) => {
                 telemetry::egress_rate_limited(platform, &account);
                 tracing::warn!(platform, account = %account, retry_after_ms = d.as_millis() as u64, "The platform rate-limited a send; waiting as asked.");
@@ -191,11 +183,12 @@ async fn deliver(sender: &dyn PlatformSender, route: &Value, chunk: &str, key: &
     Err("gave up: still rate-limited".into())
 }
 
-/// Streams one reply: the first text is posted, then the message is edited at most every
-/// `stream_interval` while text arrives; at the end it is edited to the final text's first
-/// chunk and any further chunks follow as new messages. Edits that fail are skipped (the next
-/// one carries all the text); the final edit is retried like a send.
-async fn stream_reply(
+/// Delivers one model answer. On a streaming platform the first text is posted early and edited
+/// at most every `stream_interval` while text arrives (while it fits one message, so it never
+/// shrinks); failed edits are skipped, the next carries all the text. When generation is done
+/// the answer is sent in full: the streamed message is edited to the first chunk (or the first
+/// chunk replies to the user), further chunks follow as new messages.
+async fn answer(
     sender: Arc<dyn PlatformSender>,
     store: Arc<dyn Store>,
     route: Value,
@@ -204,129 +197,85 @@ async fn stream_reply(
     inbox_id: Option<i64>,
     max_attempts: u32,
 ) {
-    let (platform, account) = (sender.platform(), sender.account().to_string());
     let interval = sender.stream_interval();
     let mut text = String::new();
     let mut shown = String::new();
     let mut handle: Option<Value> = None;
     let mut last_edit = Instant::now() - interval;
     loop {
-        let next = tokio::time::timeout(interval, deltas.recv()).await;
-        match next {
+        match tokio::time::timeout(interval, deltas.recv()).await {
             Ok(Some(d)) => text.push_str(&d),
             Ok(None) => break,
             Err(_) => {}
         }
-        if text.trim().is_empty() || text == shown || last_edit.elapsed() < interval {
+        if !sender.streams() || text.trim().is_empty() || last_edit.elapsed() < interval {
             continue;
         }
-        // While streaming, show the text as long as it fits one message; past that, the
-        // message waits for the final split (so it never shrinks mid-stream).
         let mut chunks = sender.chunks(&text);
-        if chunks.len() != 1 {
+        if chunks.len() != 1 || chunks[0] == shown {
             continue;
         }
         let first = chunks.remove(0);
-        if first == shown {
-            continue;
-        }
-        let wait = sender.reserve(&route);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(sender.reserve(&route)).await;
         let started = Instant::now();
         let r = sender.stream_update(&route, handle.as_ref(), &first).await;
-        telemetry::egress_send(platform, &account, outcome(&r.as_ref().map(|_| ()).map_err(Clone::clone)), started.elapsed());
+        telemetry::egress_send(sender.platform(), sender.account(), outcome(&r), started.elapsed());
         match r {
             Ok(h) => {
                 handle.get_or_insert(h);
                 shown = first;
             }
-            Err(e) => tracing::debug!(platform, error = ?e, "A streaming update failed; the next one carries all the text."),
+            Err(e) => tracing::debug!(error = ?e, "A streaming update failed; the next one carries all the text."),
         }
         last_edit = Instant::now();
     }
-    let succeeded = done.await.unwrap_or(false);
-    if !succeeded {
-        // The session sends the apology; leave what was streamed.
+    if !done.await.unwrap_or(false) {
+        // Generation failed: the session retries or apologizes; what was streamed stays.
         return;
     }
-    let chunks = sender.chunks(&text);
+    let key_base = key_base(inbox_id);
     let mut failure = None;
-    for (i, chunk) in chunks.iter().enumerate() {
-        let key = format!("sb-{}-{i}", inbox_id.unwrap_or_default());
-        let result = if i == 0 {
-            if *chunk == shown && handle.is_some() {
-                Ok(())
-            } else {
-                let mut res = Err("no attempt".to_string());
-                // The final update keeps the same pace as the streaming ones.
+    for (i, chunk) in sender.chunks(&text).iter().enumerate() {
+        let result = match &handle {
+            Some(_) if i == 0 && *chunk == shown => Ok(()),
+            Some(h) if i == 0 => {
+                // The final edit keeps the pace of the streaming ones.
                 tokio::time::sleep_until((last_edit + interval).into()).await;
-                for _ in 0..max_attempts {
-                    tokio::time::sleep(sender.reserve(&route)).await;
-                    match sender.stream_update(&route, handle.as_ref(), chunk).await {
-                        Ok(h) => {
-                            handle.get_or_insert(h);
-                            res = Ok(());
-                            break;
-                        }
-                        Err(SendError::RetryAfter(d)) => tokio::time::sleep(d).await,
-                        Err(SendError::Transient(e)) => res = Err(e),
-                        Err(SendError::Permanent(e)) => {
-                            res = Err(e);
-                            break;
-                        }
-                    }
-                }
-                res
+                tokio::time::sleep(sender.reserve(&route)).await;
+                with_retries(&*sender, max_attempts, || sender.stream_update(&route, Some(h), chunk)).await.map(drop)
             }
-        } else {
-            tokio::time::sleep(sender.reserve(&route)).await;
-            deliver(&*sender, &route, chunk, &key, false, max_attempts).await
+            _ => {
+                tokio::time::sleep(sender.reserve(&route)).await;
+                let key = format!("{key_base}-{i}");
+                with_retries(&*sender, max_attempts, || sender.send(&route, chunk, &key, i == 0)).await
+            }
         };
         if let Err(e) = result {
             failure = Some(e);
             break;
         }
     }
-    if let Some(id) = inbox_id {
-        let (status, err) = match &failure {
-            None => (InboxStatus::Done, None),
-            Some(e) => (InboxStatus::Rejected, Some(e.as_str())),
-        };
-        if let Err(e) = store.inbox_finish(id, status, err).await {
-            tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished.");
-        }
-    }
+    finish_inbox(&*store, inbox_id, failure.as_deref()).await;
 }
 
-/// Whether the platform account streams replies.
-pub fn streams(platform: &str, account: &str) -> bool {
-    STREAMING.read().map(|s| s.contains(&egress_name(platform, account))).unwrap_or(false)
-}
-
-/// Egress actors that stream, registered when they start.
-static STREAMING: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<String>>> = std::sync::LazyLock::new(Default::default);
-
-/// Starts streaming a reply; returns the delta sender and the completion signal, or `None` when
-/// the account does not stream.
-pub fn start_stream(
+/// Starts delivering a model answer; returns the delta sender and the completion signal, or
+/// `None` when the platform account has no egress.
+pub fn start_answer(
     platform: &str,
     account: &str,
     route: Value,
     inbox_id: Option<i64>,
 ) -> Option<(tokio::sync::mpsc::UnboundedSender<String>, tokio::sync::oneshot::Sender<bool>)> {
-    if !streams(platform, account) {
-        return None;
-    }
     let e = ActorRef::<EgressMsg>::where_is(egress_name(platform, account))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    e.cast(EgressMsg::Stream { route, deltas: rx, done: done_rx, inbox_id }).ok()?;
+    e.cast(EgressMsg::Answer { route, deltas: rx, done: done_rx, inbox_id }).ok()?;
     Some((tx, done_tx))
 }
 
-fn outcome(r: &Result<(), SendError>) -> &'static str {
+fn outcome<T>(r: &Result<T, SendError>) -> &'static str {
     match r {
-        Ok(()) => "ok",
+        Ok(_) => "ok",
         Err(SendError::RetryAfter(_)) => "rate_limited",
         Err(SendError::Transient(_)) => "transient_error",
         Err(SendError::Permanent(_)) => "permanent_error",

@@ -339,7 +339,6 @@ impl Actor for TelegramPollerActor {
     }
 
     async fn handle(&self, myself: ActorRef<PollerMsg>, _msg: PollerMsg, st: &mut PollerState) -> Result<(), ActorProcessingErr> {
-        let account = st.bot.account().to_string();
         if !st.webhook_deleted {
             // Telegram refuses getUpdates while a webhook is set.
             match st.bot.api.delete_webhook(false).await {
@@ -369,7 +368,6 @@ impl Actor for TelegramPollerActor {
         }
         st.failures = 0;
         myself.cast(PollerMsg::Poll)?;
-        let _ = account;
         Ok(())
     }
 }

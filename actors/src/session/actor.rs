@@ -68,7 +68,8 @@ pub struct SessionState {
     last_active: Instant,
     /// Router sequence number of the last message received.
     last_seq: u64,
-    /// Whether the last answer was streamed to the platform (its egress then finishes it).
+    /// Whether the last model answer went to the platform's egress as it was generated (the
+    /// egress then sends it and finishes the inbox entry).
     streamed: bool,
 }
 
@@ -289,11 +290,8 @@ impl SessionState {
         let prompt = self.build_prompt(req)?;
         let prompt_tokens = prompt.len();
         let mut events = self.inference.submit(prompt, &req.options)?;
-        // A platform account that streams gets the text as it is generated.
-        let mut stream = match &req.route {
-            Some(route) if req.deltas.is_none() => egress::start_stream(req.platform, &req.account, route.clone(), req.inbox_id),
-            _ => None,
-        };
+        // A platform's egress gets the text as it is generated (and streams it where enabled).
+        let mut stream = req.route.as_ref().and_then(|route| egress::start_answer(req.platform, &req.account, route.clone(), req.inbox_id));
         let mut reply = String::new();
         let mut streamed = false;
         let summary = loop {
@@ -324,7 +322,6 @@ impl SessionState {
                 None => return Err(InferenceError::Unavailable("the inference layer stopped".into()).into()),
             }
         };
-        telemetry::inference_done(req.accepted_at.elapsed());
         let turns = [
             Turn { role: "user", user: req.user.clone(), content: req.text.clone() },
             Turn { role: "assistant", user: String::new(), content: reply.clone() },

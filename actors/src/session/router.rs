@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use std::sync::Arc;
 
@@ -53,8 +53,6 @@ pub enum RouterMsg {
     Evict { key: String },
     /// A session has been idle; stop it unless a message is on its way to it.
     SessionIdle { hash: String, last_seq: u64 },
-    /// Number of live sessions.
-    Count(RpcReplyPort<usize>),
 }
 
 struct Live {
@@ -156,9 +154,6 @@ impl Actor for SessionRouterActor {
                     live.actor.stop(Some(STOP_REASON_SHUTDOWN.into()));
                     telemetry::sessions_active(state.sessions.len());
                 }
-            }
-            RouterMsg::Count(reply) => {
-                let _ = reply.send(state.sessions.len());
             }
         }
         Ok(())
