@@ -154,19 +154,23 @@ async fn expired_token_is_refreshed_once_for_concurrent_senders_and_invalid_toke
     fake.wait_replies(6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = fake.token_fetches();
-    assert!(after - before <= 2, "concurrent senders should share a refresh: {before} -> {after}");
+    assert_eq!(after - before, 1, "the expired token is refreshed once for all concurrent senders");
     // The server declares the token invalid: the client refreshes and retries.
     let fetches = fake.token_fetches();
     fake.fail_next_reply(ReplyFault::TokenInvalid);
     let ev = message_event("ev-inv", "om_inv", "oc_inv", "p2p", "invalid token", json!([]));
     assert_eq!(post_event(&d, &ev).await.0, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fake.replies().iter().any(|r| r.message_id == "om_inv" && fake.token_fetches() > fetches)
-        || fake.replies().iter().filter(|r| r.message_id == "om_inv").count() < 2
-    {
+    let calls = loop {
+        let calls: Vec<_> = fake.replies().into_iter().filter(|r| r.message_id == "om_inv").collect();
+        if calls.len() >= 2 {
+            break calls;
+        }
         assert!(std::time::Instant::now() < deadline, "no retry after the token-invalid answer");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert_ne!(calls[0].token, calls[1].token, "the retry uses a fresh token");
+    assert_eq!(fake.token_fetches(), fetches + 1);
     assert!(d.metric("switchboard_feishu_token_refreshes_total{account=\"enc\"}").await >= 3.0);
 }
 
