@@ -170,13 +170,7 @@ pub fn supervisor_escalated(supervisor: &str) {
 /// first failure instead of a series that appears out of nowhere.
 pub fn register_known_series(workers: usize, max_queue: usize) {
     gauge!(INFERENCE_QUEUE_CAPACITY).set(max_queue as f64);
-    for platform in ["http"] {
-        counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
-        counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
-        for outcome in ["ok", "failed", "busy", "apology"] {
-            counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).absolute(0);
-        }
-    }
+    register_message_series("http");
     for reason in ["busy", "timeout", "cancelled", "prompt_too_long", "worker_failed"] {
         counter!(INFERENCE_REJECTED, "reason" => reason).absolute(0);
     }
@@ -222,16 +216,21 @@ pub fn feishu_token_refresh(account: &str) {
 }
 
 /// Pre-registers a platform account's series at 0.
-pub fn register_platform_series(platform: &'static str, account: &str) {
+/// The per-platform message series at 0.
+fn register_message_series(platform: &'static str) {
     counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
+    counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
     for outcome in ["ok", "failed", "busy", "apology"] {
         counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).absolute(0);
     }
+}
+
+pub fn register_platform_series(platform: &'static str, account: &str) {
+    register_message_series(platform);
     for outcome in ["ok", "rate_limited", "transient_error", "permanent_error"] {
         counter!(EGRESS_SENDS, "platform" => platform, "account" => account.to_string(), "outcome" => outcome).absolute(0);
     }
     counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).absolute(0);
-    counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
 }
 
 pub fn mailbox_depth(actor: &'static str, depth: i64) {
