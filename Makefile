@@ -53,7 +53,7 @@ test-observability: setup build
 
 ## bench: inference pool vs. one-at-a-time vs. raw ONNX Runtime, on the GPT-2-small-shaped model
 bench: setup bench-model
-	cargo build $(CARGO_FLAGS) --bin switchboard --bin switchboard-bench
+	cargo build $(CARGO_FLAGS) -p switchboard --bin switchboard -p switchboard-bench --bin switchboard-bench
 	./target/release/switchboard-bench --model $(SMALL) --raw-ort "$(PY) scripts/bench_raw_ort.py"
 
 bench-model: $(VENV)/.installed-$(EP)

@@ -42,15 +42,19 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on (`127.0.0.1:0` picks a free port, which is logged).
     pub listen: String,
-    /// Largest accepted request body in bytes; larger ones get 413.
+    /// Largest accepted request body in bytes (chat and admin API); larger ones get 413.
     pub max_body_bytes: u64,
+    /// Largest accepted platform webhook body in bytes (`/webhook/...`); larger ones get 413.
+    /// Platforms send bigger bodies than API clients (encrypted Feishu events, long Telegram
+    /// updates), hence a limit of their own.
+    pub webhook_max_body_bytes: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 65_536, shutdown_grace_secs: 30 }
+        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 65_536, webhook_max_body_bytes: 1 << 20, shutdown_grace_secs: 30 }
     }
 }
 
@@ -221,11 +225,12 @@ impl Config {
         self.server.listen.parse::<SocketAddr>().map_err(|_| {
             ConfigError::Invalid(format!("`server.listen` must be an address like 127.0.0.1:8080. Given: {:?}", self.server.listen))
         })?;
-        if self.server.max_body_bytes < 64 {
-            return Err(ConfigError::Invalid(format!(
-                "`server.max_body_bytes` must be at least 64. Given: {}",
-                self.server.max_body_bytes
-            )));
+        for (key, value) in
+            [("server.max_body_bytes", self.server.max_body_bytes), ("server.webhook_max_body_bytes", self.server.webhook_max_body_bytes)]
+        {
+            if value < 64 {
+                return Err(ConfigError::Invalid(format!("`{key}` must be at least 64. Given: {value}")));
+            }
         }
         self.inference.validate().map_err(ConfigError::Invalid)?;
         self.sessions.validate().map_err(ConfigError::Invalid)?;

@@ -1,26 +1,32 @@
 //! Wiring: logging, metrics, the ONNX Runtime, the actor tree and the HTTP server, plus the
 //! shutdown sequence.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_actors::egress::feishu::FeishuSender;
+use switchboard_actors::egress::telegram::TelegramSender;
+use switchboard_actors::egress::{PlatformSender, Streaming};
 use switchboard_actors::inference::ExecutionProvider;
+use switchboard_actors::ingress::feishu::FeishuApp;
+use switchboard_actors::ingress::telegram::TelegramBot;
+use switchboard_actors::ingress::{self, Ingress};
+use switchboard_actors::message::Platform;
 use switchboard_actors::model::onnx::{init_runtime, resolve_runtime_lib};
 use switchboard_actors::model::{Device, ModelAssets, SessionOptions};
 use switchboard_actors::platforms::config::TelegramMode;
-use switchboard_actors::platforms::egress::PlatformSender;
-use switchboard_actors::platforms::feishu_app::{FeishuApp, FeishuSender};
-use switchboard_actors::platforms::telegram_bot::{TelegramBot, TelegramSender};
-use switchboard_actors::session::ChatRequest;
+use switchboard_actors::platforms::feishu::FeishuApi;
+use switchboard_actors::platforms::telegram::BotApi;
 use switchboard_actors::store::{SqlStore, Store};
 use switchboard_actors::telemetry;
 use switchboard_actors::tree::{self, TreeConfig};
 
 use crate::config::{Config, LogFormat};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BodyLimits};
 
 /// Sets up `tracing`: text or JSON lines, filtered by `log.level` unless `RUST_LOG` is set.
 pub fn init_logging(cfg: &Config) {
@@ -81,41 +87,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started_ms = switchboard_actors::store::now_ms();
     let node = cfg.storage.node();
     tracing::info!(backend = store.backend(), node = %node, "Opened the store.");
-    let mut egress: Vec<Arc<dyn PlatformSender>> = Vec::new();
-    let mut telegram_pollers = Vec::new();
-    let mut telegram_bots = std::collections::HashMap::new();
-    for (i, tc) in cfg.telegram.iter().enumerate() {
-        let token = tc.resolve_token(i).map_err(|e| anyhow::anyhow!(e))?;
-        let bot = Arc::new(TelegramBot::new(
-            tc.clone(),
-            &token,
-            store.clone(),
-            node.clone(),
-            cfg.sessions.group_scope,
-            cfg.testing.fault_injection,
-        ));
-        // getMe / setWebhook in the background: an unreachable Telegram must not hold up start-up.
-        tokio::spawn({
-            let bot = bot.clone();
-            async move { bot.init().await }
-        });
-        egress.push(Arc::new(TelegramSender::new(bot.clone())));
-        if tc.mode == TelegramMode::Polling {
-            telegram_pollers.push(bot.clone());
-        }
-        telegram_bots.insert(tc.account.clone(), bot);
-    }
-    let mut feishu_apps = std::collections::HashMap::new();
-    for (i, fc) in cfg.feishu.iter().enumerate() {
-        let secret = fc.resolve_secret(i).map_err(|e| anyhow::anyhow!(e))?;
-        let app = Arc::new(FeishuApp::new(fc.clone(), &secret, store.clone(), node.clone(), cfg.sessions.group_scope));
-        tokio::spawn({
-            let app = app.clone();
-            async move { app.init().await }
-        });
-        egress.push(Arc::new(FeishuSender::new(app.clone())));
-        feishu_apps.insert(fc.account.clone(), app);
-    }
+    let ingress = Ingress::new(store.clone(), node.clone());
+    let platforms = start_platforms(&cfg, &ingress)?;
     let upkeep_handle = prometheus.clone();
     let tree = tree::start(TreeConfig {
         assets,
@@ -126,8 +99,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         inbox: cfg.inbox.clone(),
         store: store.clone(),
         node: node.clone(),
-        egress,
-        telegram_pollers,
+        egress: platforms.senders,
+        telegram_pollers: platforms.pollers,
         supervision: cfg.supervision.clone(),
         fault_injection: cfg.testing.fault_injection,
         upkeep: Arc::new(move || upkeep_handle.run_upkeep()),
@@ -144,13 +117,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ready_workers: tree.ready_workers.clone(),
         prometheus,
         process,
-        max_body_bytes: cfg.server.max_body_bytes,
+        limits: BodyLimits { api: cfg.server.max_body_bytes, webhook: cfg.server.webhook_max_body_bytes },
         chat_timeout: Duration::from_millis(cfg.inference.request_timeout_ms + 5_000),
+        ingress,
         store: store.clone(),
         node: node.clone(),
         admin_tokens: cfg.admin.tokens.clone(),
-        telegram: telegram_bots,
-        feishu: feishu_apps,
+        telegram: platforms.telegram,
+        feishu: platforms.feishu,
     });
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
     replay_inbox(&state, started_ms, cfg.inbox.orphan_after_secs).await?;
@@ -195,6 +169,54 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configured platform accounts: their adapters (for the webhook routes and pollers) and
+/// their egress senders.
+struct Platforms {
+    senders: Vec<Arc<dyn PlatformSender>>,
+    pollers: Vec<Arc<TelegramBot>>,
+    telegram: HashMap<String, Arc<TelegramBot>>,
+    feishu: HashMap<String, Arc<FeishuApp>>,
+}
+
+/// Builds every `[[telegram]]` and `[[feishu]]` account; their start-up calls (getMe,
+/// setWebhook, bot info) run in the background: an unreachable platform must not hold up
+/// start-up.
+fn start_platforms(cfg: &Config, ingress: &Ingress) -> anyhow::Result<Platforms> {
+    let mut p = Platforms { senders: Vec::new(), pollers: Vec::new(), telegram: HashMap::new(), feishu: HashMap::new() };
+    for (i, tc) in cfg.telegram.iter().enumerate() {
+        let token = tc.resolve_token(i).map_err(|e| anyhow::anyhow!(e))?;
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        let api = BotApi::new(client, &tc.api_base, &token);
+        let streaming = Streaming { enabled: tc.stream, interval: Duration::from_millis(tc.stream_interval_ms) };
+        p.senders.push(Arc::new(TelegramSender::new(api.clone(), tc.account.clone(), streaming)));
+        let bot = Arc::new(TelegramBot::new(tc.clone(), api, ingress.clone(), cfg.sessions.group_scope, cfg.testing.fault_injection));
+        telemetry::register_platform_series(Platform::Telegram, &tc.account);
+        tokio::spawn({
+            let bot = bot.clone();
+            async move { bot.init().await }
+        });
+        if tc.mode == TelegramMode::Polling {
+            p.pollers.push(bot.clone());
+        }
+        p.telegram.insert(tc.account.clone(), bot);
+    }
+    for (i, fc) in cfg.feishu.iter().enumerate() {
+        let secret = fc.resolve_secret(i).map_err(|e| anyhow::anyhow!(e))?;
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(30)).build()?;
+        let api = Arc::new(FeishuApi::new(client, &fc.api_base, &fc.app_id, &secret));
+        let streaming = Streaming { enabled: fc.stream, interval: Duration::from_millis(fc.stream_interval_ms) };
+        p.senders.push(Arc::new(FeishuSender::new(api.clone(), fc.account.clone(), streaming)));
+        let app = Arc::new(FeishuApp::new(fc.clone(), api, ingress.clone(), cfg.sessions.group_scope));
+        telemetry::register_platform_series(Platform::Feishu, &fc.account);
+        tokio::spawn({
+            let app = app.clone();
+            async move { app.init().await }
+        });
+        p.feishu.insert(fc.account.clone(), app);
+    }
+    Ok(p)
+}
+
 /// Binds the listener with TCP_NODELAY, which Linux passes on to accepted sockets: without it
 /// Nagle's algorithm holds small streamed (SSE) writes until the client's delayed ACK (~40 ms).
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -233,8 +255,9 @@ async fn replay_inbox(state: &AppState, started_ms: i64, orphan_after_secs: u64)
     }
     tracing::warn!(count = pending.len(), "Replaying messages accepted before the last stop.");
     for entry in &pending {
-        if let Some(req) = ChatRequest::from_inbox(entry) {
-            anyhow::ensure!(switchboard_actors::session::route_message(req, None), "replay: the session router is not running");
+        match ingress::resume(entry) {
+            Ok(()) | Err(ingress::ResumeError::Unreadable) => {}
+            Err(e @ ingress::ResumeError::NotRouted) => anyhow::bail!("replay: {e}"),
         }
     }
     Ok(())

@@ -1,8 +1,6 @@
 //! The Switchboard daemon: configuration, HTTP routes and wiring of the actor tree
 //! (the actors themselves live in the `switchboard-actors` crate).
 
-pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod http;
-pub mod webhooks;

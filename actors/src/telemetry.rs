@@ -8,6 +8,70 @@ use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
+use crate::message::Platform;
+use crate::names;
+
+/// Declares a bounded label enum: its variants, their label values, and `ALL`.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// Every value, for pre-registering series at 0.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The metric label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// How a chat message ended (`switchboard_messages_answered_total{outcome}`).
+    AnswerOutcome {
+        /// The model (or a command) answered.
+        Ok => "ok",
+        /// An error answer that was not retried.
+        Failed => "failed",
+        /// Refused because the inference queue was full.
+        Busy => "busy",
+        /// Every attempt failed: dead-lettered, the user got the apology.
+        Apology => "apology",
+    }
+);
+
+label_enum!(
+    /// How one send call to a platform ended (`switchboard_egress_sends_total{outcome}`).
+    SendOutcome {
+        Ok => "ok",
+        RateLimited => "rate_limited",
+        TransientError => "transient_error",
+        PermanentError => "permanent_error",
+    }
+);
+
+label_enum!(
+    /// What happened to a platform update (`switchboard_platform_updates_total{outcome}`).
+    UpdateOutcome {
+        /// Stored in the inbox and handed to its conversation.
+        Handled => "handled",
+        /// Not for the bot.
+        Ignored => "ignored",
+        /// A re-delivery of one already stored.
+        Duplicate => "duplicate",
+        /// The chat is not in `allowed_chats`.
+        NotAllowed => "not_allowed",
+        /// Does not parse.
+        Malformed => "malformed",
+        /// A Telegram group became a supergroup.
+        Migrated => "migrated",
+    }
+);
+
 pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
 pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
 pub const REPLY_LATENCY: &str = "switchboard_reply_latency_seconds";
@@ -129,14 +193,14 @@ pub fn sessions_active(n: usize) {
     gauge!(SESSIONS_ACTIVE).set(n as f64);
 }
 
-pub fn message_received(platform: &'static str) {
-    counter!(MESSAGES_RECEIVED, "platform" => platform).increment(1);
+pub fn message_received(platform: Platform) {
+    counter!(MESSAGES_RECEIVED, "platform" => platform.as_str()).increment(1);
 }
 
-pub fn message_answered(platform: &'static str, outcome: &'static str, latency: Duration) {
-    counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).increment(1);
-    if outcome == "ok" {
-        histogram!(REPLY_LATENCY, "platform" => platform).record(latency.as_secs_f64());
+pub fn message_answered(platform: Platform, outcome: AnswerOutcome, latency: Duration) {
+    counter!(MESSAGES_ANSWERED, "platform" => platform.as_str(), "outcome" => outcome.as_str()).increment(1);
+    if outcome == AnswerOutcome::Ok {
+        histogram!(REPLY_LATENCY, "platform" => platform.as_str()).record(latency.as_secs_f64());
     }
 }
 
@@ -154,8 +218,8 @@ pub fn inbox_gauges(depth: i64, dead_letters: i64) {
     gauge!(DEAD_LETTERS).set(dead_letters as f64);
 }
 
-pub fn inbox_duplicate(platform: &'static str) {
-    counter!(INBOX_DUPLICATES, "platform" => platform).increment(1);
+pub fn inbox_duplicate(platform: Platform) {
+    counter!(INBOX_DUPLICATES, "platform" => platform.as_str()).increment(1);
 }
 
 pub fn admin_request(outcome: &'static str) {
@@ -170,19 +234,19 @@ pub fn supervisor_escalated(supervisor: &str) {
 /// first failure instead of a series that appears out of nowhere.
 pub fn register_known_series(workers: usize, max_queue: usize) {
     gauge!(INFERENCE_QUEUE_CAPACITY).set(max_queue as f64);
-    register_message_series("http");
+    register_message_series(Platform::Http);
     for reason in ["busy", "timeout", "cancelled", "prompt_too_long", "worker_failed"] {
         counter!(INFERENCE_REJECTED, "reason" => reason).absolute(0);
     }
     let mut actors: Vec<String> =
-        ["inference", "sessions", "ingress", "egress", "housekeeping", "inference.batcher", "ingress.http", "session"]
+        [names::INFERENCE, names::SESSIONS, names::INGRESS, names::EGRESS, names::HOUSEKEEPING, names::BATCHER, names::SESSION_LABEL]
             .map(String::from)
             .to_vec();
-    actors.extend((0..workers).map(|i| format!("inference.worker.{i}")));
+    actors.extend((0..workers).map(names::worker));
     for actor in actors {
         counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);
     }
-    for sup in ["root", "inference", "ingress", "egress"] {
+    for sup in [names::ROOT, names::INFERENCE, names::INGRESS, names::EGRESS] {
         counter!(SUPERVISOR_ESCALATIONS, "supervisor" => sup).absolute(0);
     }
     counter!(INBOX_RETRIES).absolute(0);
@@ -194,43 +258,50 @@ pub fn register_known_series(workers: usize, max_queue: usize) {
     }
 }
 
-pub fn platform_update(platform: &'static str, account: &str, kind: &'static str, outcome: &'static str) {
+pub fn platform_update(platform: Platform, account: &str, kind: &'static str, outcome: UpdateOutcome) {
+    let (platform, outcome) = (platform.as_str(), outcome.as_str());
     counter!(PLATFORM_UPDATES, "platform" => platform, "account" => account.to_string(), "kind" => kind, "outcome" => outcome).increment(1);
 }
 
-pub fn platform_rejected(platform: &'static str, account: &str, reason: &'static str) {
-    counter!(PLATFORM_REJECTED, "platform" => platform, "account" => account.to_string(), "reason" => reason).increment(1);
+/// A webhook request refused before anything was processed; `reason` comes from a typed
+/// rejection (`bad_secret`, `bad_signature`, …).
+pub fn platform_rejected(platform: Platform, account: &str, reason: &'static str) {
+    counter!(PLATFORM_REJECTED, "platform" => platform.as_str(), "account" => account.to_string(), "reason" => reason).increment(1);
 }
 
-pub fn egress_send(platform: &'static str, account: &str, outcome: &'static str, took: Duration) {
+pub fn egress_send(platform: Platform, account: &str, outcome: SendOutcome, took: Duration) {
+    let (platform, outcome) = (platform.as_str(), outcome.as_str());
     counter!(EGRESS_SENDS, "platform" => platform, "account" => account.to_string(), "outcome" => outcome).increment(1);
     histogram!(EGRESS_SEND_DURATION, "platform" => platform).record(took.as_secs_f64());
 }
 
-pub fn egress_rate_limited(platform: &'static str, account: &str) {
-    counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).increment(1);
+pub fn egress_rate_limited(platform: Platform, account: &str) {
+    counter!(EGRESS_RATE_LIMITED, "platform" => platform.as_str(), "account" => account.to_string()).increment(1);
 }
 
-pub fn feishu_token_refresh(account: &str) {
-    counter!(FEISHU_TOKEN_REFRESHES, "account" => account.to_string()).increment(1);
+/// The Feishu token fetches of an account so far (the API client counts them).
+pub fn feishu_token_refreshes(account: &str, total: u64) {
+    counter!(FEISHU_TOKEN_REFRESHES, "account" => account.to_string()).absolute(total);
+}
+
+/// The per-platform message series at 0.
+fn register_message_series(platform: Platform) {
+    let platform = platform.as_str();
+    counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
+    counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
+    for outcome in AnswerOutcome::ALL {
+        counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome.as_str()).absolute(0);
+    }
 }
 
 /// Pre-registers a platform account's series at 0.
-/// The per-platform message series at 0.
-fn register_message_series(platform: &'static str) {
-    counter!(MESSAGES_RECEIVED, "platform" => platform).absolute(0);
-    counter!(INBOX_DUPLICATES, "platform" => platform).absolute(0);
-    for outcome in ["ok", "failed", "busy", "apology"] {
-        counter!(MESSAGES_ANSWERED, "platform" => platform, "outcome" => outcome).absolute(0);
-    }
-}
-
-pub fn register_platform_series(platform: &'static str, account: &str) {
+pub fn register_platform_series(platform: Platform, account: &str) {
     register_message_series(platform);
-    for outcome in ["ok", "rate_limited", "transient_error", "permanent_error"] {
-        counter!(EGRESS_SENDS, "platform" => platform, "account" => account.to_string(), "outcome" => outcome).absolute(0);
+    for outcome in SendOutcome::ALL {
+        counter!(EGRESS_SENDS, "platform" => platform.as_str(), "account" => account.to_string(), "outcome" => outcome.as_str())
+            .absolute(0);
     }
-    counter!(EGRESS_RATE_LIMITED, "platform" => platform, "account" => account.to_string()).absolute(0);
+    counter!(EGRESS_RATE_LIMITED, "platform" => platform.as_str(), "account" => account.to_string()).absolute(0);
 }
 
 pub fn mailbox_depth(actor: &'static str, depth: i64) {

@@ -2,27 +2,29 @@
 //!
 //! ```text
 //! root
-//! ├── ingress        (ingress.http; platform ingresses join here)
+//! ├── ingress        (ingress.telegram.<account>: the Telegram pollers)
 //! ├── sessions       (sessions.router → session.<hash> …)
 //! ├── inference      (inference.batcher, inference.worker.N …)
-//! ├── egress         (one actor per platform account, once platforms exist)
+//! ├── egress         (egress.<platform>.<account>: one actor per platform account)
 //! └── housekeeping   (periodic upkeep)
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::inference::worker::worker_name;
-use crate::inference::{BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, InferenceClient, InferenceConfig, WorkerActor, WorkerArgs};
+use crate::egress::{EgressActor, EgressArgs, PlatformSender};
+use crate::inference::worker::WorkerMsg;
+use crate::inference::{BatcherActor, BatcherArgs, BatcherMsg, InferenceClient, InferenceConfig, WorkerActor, WorkerArgs};
+use crate::ingress::telegram::{TelegramBot, TelegramPollerActor};
 use crate::model::{ModelAssets, SessionOptions};
-use crate::platforms::egress::{EgressActor, EgressArgs, PlatformSender, egress_name};
-use crate::platforms::telegram_bot::{TelegramBot, TelegramPollerActor};
-use crate::session::actor::ReplyPort;
-use crate::session::{ChatError, ChatRequest, InboxConfig, ROUTER_NAME, RouterArgs, RouterMsg, SessionConfig, SessionRouterActor};
+use crate::names;
+use crate::session::actor::SessionDeps;
+use crate::session::{InboxConfig, RouterArgs, SessionConfig, SessionRouterActor};
 use crate::store::Store;
 use crate::supervisor::{ChildObserver, ChildSpec, SupervisionConfig, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use crate::telemetry;
@@ -58,17 +60,31 @@ pub struct Tree {
     pub ready_workers: Arc<AtomicUsize>,
 }
 
-/// Registered name of the HTTP ingress actor.
-pub const HTTP_INGRESS_NAME: &str = "ingress.http";
-
-/// Tells the batcher when a worker goes down, so it can retry that worker's requests.
-struct WorkerObserver;
+/// Watches the inference supervisor's children: tells the batcher when a worker goes down (so
+/// it can retry that worker's requests), and a restarted batcher which workers are alive.
+#[derive(Default)]
+struct WorkerObserver {
+    /// The live workers, by id, from the supervisor's start events.
+    workers: Mutex<HashMap<usize, ActorCell>>,
+}
 
 impl ChildObserver for WorkerObserver {
     fn child_down(&self, name: &str) {
-        if let Some(id) = name.strip_prefix("inference.worker.").and_then(|n| n.parse().ok()) {
-            if let Some(b) = ActorRef::<BatcherMsg>::where_is(BATCHER_NAME.to_string()) {
-                let _ = b.cast(BatcherMsg::WorkerDown { worker: id });
+        let Some(id) = names::worker_id(name) else { return };
+        self.workers.lock().expect("workers lock").remove(&id);
+        if let Some(b) = ActorRef::<BatcherMsg>::where_is(names::BATCHER.to_string()) {
+            let _ = b.cast(BatcherMsg::WorkerDown { worker: id });
+        }
+    }
+
+    fn child_up(&self, name: &str, cell: &ActorCell) {
+        let mut workers = self.workers.lock().expect("workers lock");
+        if let Some(id) = names::worker_id(name) {
+            workers.insert(id, cell.clone());
+        } else if name == names::BATCHER {
+            // A new batcher knows no worker yet: the live ones introduce themselves again.
+            for w in workers.values() {
+                let _ = ActorRef::<WorkerMsg>::from(w.clone()).cast(WorkerMsg::Announce);
             }
         }
     }
@@ -90,14 +106,14 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
                 {
                     let cfg = cfg.clone();
                     let ready = ready.clone();
-                    children.push(ChildSpec::new(BATCHER_NAME, move |p| {
+                    children.push(ChildSpec::new(names::BATCHER, move |p| {
                         let args = BatcherArgs { config: cfg.inference.clone(), ready_workers: ready.clone() };
-                        async move { Actor::spawn_linked(Some(BATCHER_NAME.into()), BatcherActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                        async move { Actor::spawn_linked(Some(names::BATCHER.into()), BatcherActor, args, p).await.map(|(a, _)| a.get_cell()) }
                     }));
                 }
                 for id in 0..cfg.inference.workers {
                     let cfg = cfg.clone();
-                    children.push(ChildSpec::new(worker_name(id), move |p| {
+                    children.push(ChildSpec::new(names::worker(id), move |p| {
                         let args = WorkerArgs {
                             id,
                             assets: cfg.assets.clone(),
@@ -105,16 +121,16 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
                             session: cfg.session_options.clone(),
                             max_batch: cfg.inference.max_batch,
                         };
-                        async move { Actor::spawn_linked(Some(worker_name(id)), WorkerActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                        async move { Actor::spawn_linked(Some(names::worker(id)), WorkerActor, args, p).await.map(|(a, _)| a.get_cell()) }
                     }));
                 }
                 let args = SupervisorArgs {
-                    name: "inference".into(),
+                    name: names::INFERENCE.into(),
                     children,
                     config: cfg.supervision.clone(),
-                    observer: Some(Arc::new(WorkerObserver)),
+                    observer: Some(Arc::new(WorkerObserver::default())),
                 };
-                Actor::spawn_linked(Some("inference".into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell())
+                Actor::spawn_linked(Some(names::INFERENCE.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell())
             }
         })
     };
@@ -122,111 +138,76 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
     let sessions_spec = {
         let cfg = cfg.clone();
         let client = client.clone();
-        ChildSpec::new("sessions", move |parent| {
-            let args = RouterArgs {
+        ChildSpec::new(names::SESSIONS, move |parent| {
+            let deps = SessionDeps {
                 config: cfg.sessions.clone(),
                 inbox: cfg.inbox.clone(),
                 inference: client.clone(),
                 store: cfg.store.clone(),
                 fault_injection: cfg.fault_injection,
-                node: cfg.node.clone(),
             };
-            async move { Actor::spawn_linked(Some(ROUTER_NAME.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+            let args = RouterArgs { deps, node: cfg.node.clone() };
+            async move { Actor::spawn_linked(Some(names::ROUTER.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
 
     let ingress_spec = {
         let cfg = cfg.clone();
-        ChildSpec::new("ingress", move |parent| {
-            let http = ChildSpec::new(HTTP_INGRESS_NAME, |p| async move {
-                Actor::spawn_linked(Some(HTTP_INGRESS_NAME.into()), HttpIngressActor, (), p).await.map(|(a, _)| a.get_cell())
-            });
-            let mut children = vec![http];
+        ChildSpec::new(names::INGRESS, move |parent| {
+            let mut children = Vec::new();
             for bot in &cfg.telegram_pollers {
-                let name = format!("ingress.telegram.{}", bot.account());
+                let name = names::telegram_poller(bot.account());
                 let bot = bot.clone();
                 children.push(ChildSpec::new(name.clone(), move |p| {
                     let (bot, name) = (bot.clone(), name.clone());
                     async move { Actor::spawn_linked(Some(name), TelegramPollerActor, bot, p).await.map(|(a, _)| a.get_cell()) }
                 }));
             }
-            let args = SupervisorArgs { name: "ingress".into(), children, config: cfg.supervision.clone(), observer: None };
-            async move { Actor::spawn_linked(Some("ingress".into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+            let args = SupervisorArgs { name: names::INGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
+            async move { Actor::spawn_linked(Some(names::INGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
 
     let egress_spec = {
         let cfg = cfg.clone();
-        ChildSpec::new("egress", move |parent| {
+        ChildSpec::new(names::EGRESS, move |parent| {
             let children = cfg
                 .egress
                 .iter()
                 .map(|sender| {
-                    let name = egress_name(sender.platform(), sender.account());
-                    let (sender, store) = (sender.clone(), cfg.store.clone());
+                    let name = names::egress(sender.platform(), sender.account());
+                    let sender = sender.clone();
                     ChildSpec::new(name.clone(), move |p| {
-                        let args = EgressArgs { sender: sender.clone(), store: store.clone(), max_attempts: 5 };
+                        let args = EgressArgs { sender: sender.clone(), max_attempts: 5 };
                         let name = name.clone();
                         async move { Actor::spawn_linked(Some(name), EgressActor, args, p).await.map(|(a, _)| a.get_cell()) }
                     })
                 })
                 .collect();
-            let args = SupervisorArgs { name: "egress".into(), children, config: cfg.supervision.clone(), observer: None };
-            async move { Actor::spawn_linked(Some("egress".into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+            let args = SupervisorArgs { name: names::EGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
+            async move { Actor::spawn_linked(Some(names::EGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
         })
     };
 
     let housekeeping_spec = {
         let upkeep = cfg.upkeep.clone();
-        ChildSpec::new("housekeeping", move |parent| {
+        ChildSpec::new(names::HOUSEKEEPING, move |parent| {
             let upkeep = upkeep.clone();
-            async move { Actor::spawn_linked(Some("housekeeping".into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell()) }
+            async move {
+                Actor::spawn_linked(Some(names::HOUSEKEEPING.into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell())
+            }
         })
     };
 
     let root_args = SupervisorArgs {
-        name: "root".into(),
+        name: names::ROOT.into(),
         // Inference first so sessions find the batcher; ingress last so nothing arrives early.
         children: vec![inference_spec, sessions_spec, egress_spec, housekeeping_spec, ingress_spec],
         config: cfg.supervision.clone(),
         observer: None,
     };
-    let (root, handle) = Actor::spawn(Some("root".into()), SupervisorActor, root_args).await?;
+    let (root, handle) = Actor::spawn(Some(names::ROOT.into()), SupervisorActor, root_args).await?;
     Ok(Tree { root, handle, inference: client, ready_workers })
-}
-
-/// Normalizes requests of the generic HTTP chat API and hands them to the session router.
-pub struct HttpIngressActor;
-
-pub enum IngressMsg {
-    /// A message already stored in the inbox; the reply port is absent for replays.
-    Chat(ChatRequest, Option<ReplyPort>),
-}
-
-impl Actor for HttpIngressActor {
-    type Msg = IngressMsg;
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _myself: ActorRef<IngressMsg>, _args: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle(&self, _myself: ActorRef<IngressMsg>, msg: IngressMsg, _state: &mut ()) -> Result<(), ActorProcessingErr> {
-        match msg {
-            IngressMsg::Chat(req, reply) => {
-                telemetry::message_received(req.platform);
-                if ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()).is_none() {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(ChatError::Internal("the session router is restarting".into())));
-                    }
-                } else if !crate::session::route_message(req, reply) {
-                    tracing::warn!("The session router refused a message; it stays in the inbox.");
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Periodic upkeep: uptime, and whatever the daemon registered (metrics exporter upkeep).

@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::worker::{WorkerJob, WorkerMsg};
+use super::worker::WorkerJob;
 use super::{GenEvent, GenRequest, InferenceConfig, InferenceError};
 use crate::telemetry;
-
-/// Registered name of the batcher.
-pub const BATCHER_NAME: &str = "inference.batcher";
 
 /// Submissions cast to the batcher and not yet handled: its mailbox depth.
 pub(crate) static BACKLOG: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
@@ -195,14 +192,8 @@ impl Actor for BatcherActor {
         myself.send_interval(Duration::from_millis(100), || BatcherMsg::Tick);
         args.ready_workers.store(0, Ordering::Release);
         BACKLOG.store(0, Ordering::Release);
-        // Workers that outlived a previous batcher introduce themselves again.
-        for name in ractor::registry::registered() {
-            if name.starts_with("inference.worker.") {
-                if let Some(w) = ActorRef::<WorkerMsg>::where_is(name) {
-                    let _ = w.cast(WorkerMsg::Announce);
-                }
-            }
-        }
+        // Workers that outlived a previous batcher introduce themselves again when the
+        // inference supervisor reports this batcher started (see `tree::WorkerObserver`).
         Ok(BatcherState {
             queue: QueueState::new(args.config.max_queue, Duration::from_millis(args.config.max_wait_ms)),
             ready_workers: args.ready_workers,
@@ -213,7 +204,7 @@ impl Actor for BatcherActor {
     async fn handle(&self, myself: ActorRef<BatcherMsg>, msg: BatcherMsg, state: &mut BatcherState) -> Result<(), ActorProcessingErr> {
         match msg {
             BatcherMsg::Submit(req) => {
-                telemetry::mailbox_depth(BATCHER_NAME, BACKLOG.fetch_sub(1, Ordering::AcqRel) - 1);
+                telemetry::mailbox_depth(crate::names::BATCHER, BACKLOG.fetch_sub(1, Ordering::AcqRel) - 1);
                 if let Err((req, err)) = state.queue.submit(req) {
                     telemetry::inference_rejected(err.reason());
                     let _ = req.events.send(GenEvent::Failed(err));

@@ -9,7 +9,7 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{BATCHER_NAME, BatcherMsg, Fault, GenEvent, GenRequest, InferenceConfig, InferenceError};
+use super::{BatcherMsg, Fault, GenEvent, GenRequest, InferenceConfig, InferenceError};
 use crate::model::{ModelAssets, SamplingParams};
 use crate::telemetry;
 
@@ -91,7 +91,7 @@ impl InferenceClient {
             telemetry::inference_rejected("prompt_too_long");
             return Err(InferenceError::PromptTooLong { prompt: prompt_ids.len(), window });
         }
-        let batcher = ActorRef::<BatcherMsg>::where_is(BATCHER_NAME.to_string())
+        let batcher = ActorRef::<BatcherMsg>::where_is(crate::names::BATCHER.to_string())
             .ok_or_else(|| InferenceError::Unavailable("the batcher is restarting".into()))?;
         let g = &self.assets.generation;
         let default_temp = if g.do_sample { g.temperature } else { 0.0 };
@@ -120,7 +120,7 @@ impl InferenceClient {
             fault: opts.fault,
         };
         let depth = super::batcher::BACKLOG.fetch_add(1, Ordering::AcqRel) + 1;
-        telemetry::mailbox_depth(BATCHER_NAME, depth);
+        telemetry::mailbox_depth(crate::names::BATCHER, depth);
         batcher.cast(BatcherMsg::Submit(req)).map_err(|_| {
             super::batcher::BACKLOG.fetch_sub(1, Ordering::AcqRel);
             InferenceError::Unavailable("the batcher is restarting".into())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-pub use batcher::{BATCHER_NAME, BatcherActor, BatcherArgs, BatcherMsg, QueueState};
+pub use batcher::{BatcherActor, BatcherArgs, BatcherMsg, QueueState};
 pub use client::{GenerateOptions, InferenceClient};
 pub use config::{ExecutionProvider, InferenceConfig};
 pub use engine::Engine;

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::batcher::{BATCHER_NAME, BatcherMsg};
+use super::batcher::BatcherMsg;
 use super::{Engine, GenRequest};
 use crate::model::{ModelAssets, ModelError, OnnxModel, SessionOptions};
 
@@ -18,11 +18,6 @@ pub enum WorkerJob {
     Run(Vec<GenRequest>),
     /// Finish the current step and exit.
     Stop,
-}
-
-/// The registered name of worker `id`.
-pub fn worker_name(id: usize) -> String {
-    format!("inference.worker.{id}")
 }
 
 pub struct WorkerActor;
@@ -57,7 +52,7 @@ pub struct WorkerState {
 
 impl WorkerState {
     fn announce(&self) {
-        if let Some(b) = ActorRef::<BatcherMsg>::where_is(BATCHER_NAME.to_string()) {
+        if let Some(b) = ActorRef::<BatcherMsg>::where_is(crate::names::BATCHER.to_string()) {
             let _ = b.cast(BatcherMsg::WorkerReady { worker: self.id, jobs: self.jobs.clone(), capacity: self.max_batch });
         }
     }
@@ -117,7 +112,7 @@ fn report_done(worker: usize, ids: Vec<u64>) {
     if ids.is_empty() {
         return;
     }
-    if let Some(b) = ActorRef::<BatcherMsg>::where_is(BATCHER_NAME.to_string()) {
+    if let Some(b) = ActorRef::<BatcherMsg>::where_is(crate::names::BATCHER.to_string()) {
         let _ = b.cast(BatcherMsg::Done { worker, ids });
     }
 }

@@ -1,9 +1,8 @@
-//! Chat platforms. Each has plain protocol code (types, signatures, crypto, API clients, with
-//! unit tests) and the actors that use it (ingress and egress).
+//! Chat platform protocols: plain code with unit tests (types, signatures, crypto, API
+//! clients, formatting) that knows nothing of actors, sessions or the store. The adapters that
+//! turn platform requests into messages live in [`crate::ingress`]; the senders in
+//! [`crate::egress`]. [`config`] holds the `[[telegram]]` and `[[feishu]]` account settings.
 
 pub mod config;
-pub mod egress;
 pub mod feishu;
-pub mod feishu_app;
 pub mod telegram;
-pub mod telegram_bot;

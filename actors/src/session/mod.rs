@@ -1,25 +1,30 @@
-//! Conversations: the session router (conversation key → session actor, by hash) and one
-//! session actor per live conversation, which keeps the turns and talks to the inference layer.
+//! Conversations: the session router (conversation key → session actor, by hash), one session
+//! actor per live conversation, and [`Conversation`], the plain state behind that actor (turn
+//! window, prompt fitting, commands, the failure decision), unit-tested without any actor.
 
 pub mod actor;
 pub mod config;
+pub mod conversation;
 pub mod router;
 
 use std::time::{Duration, Instant};
 
+use ractor::RpcReplyPort;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 pub use actor::{SessionActor, SessionArgs, SessionMsg};
 pub use config::{GroupScope, InboxConfig, SessionConfig};
-pub use router::{ROUTER_NAME, RouterArgs, RouterMsg, SessionRouterActor, route_message};
+pub use conversation::{Command, Conversation, FailureAction, on_failure};
+pub use router::{RouterArgs, RouterMsg, SessionRouterActor, move_conversation, route_message};
 
 use crate::inference::{FinishReason, GenerateOptions, InferenceError};
+use crate::message::{Content, Platform, ReplyTarget};
 
 /// The conversation key: platform, account, chat, then the thread/topic where the platform has
 /// one, then the user in group chats scoped per user. `:` separates the parts.
-pub fn conversation_key(platform: &str, account: &str, chat: &str, thread: Option<&str>, user: Option<&str>) -> String {
+pub fn conversation_key(platform: Platform, account: &str, chat: &str, thread: Option<&str>, user: Option<&str>) -> String {
     let mut key = format!("{platform}:{account}:{chat}");
     if let Some(t) = thread.filter(|t| !t.is_empty()) {
         key.push_str(":t");
@@ -39,76 +44,59 @@ pub fn conversation_hash(key: &str) -> String {
     hex::encode(&digest[..8])
 }
 
-/// One incoming chat message, already authenticated and normalized by an ingress.
+/// Where a caller waiting for the answer (the HTTP chat API) gets it.
+pub type ReplyPort = RpcReplyPort<Result<ChatReply, ChatError>>;
+
+/// A caller waiting on its connection for the answer.
+#[derive(Debug)]
+pub struct Caller {
+    /// Gets the final answer or the error.
+    pub reply: ReplyPort,
+    /// When set, text deltas are streamed here as they are generated.
+    pub deltas: Option<mpsc::UnboundedSender<String>>,
+}
+
+/// One accepted message as its session handles it: durable in the inbox (`inbox_id`), built by
+/// [`crate::ingress`] either from a fresh [`crate::ingress::Inbound`] or from a stored row.
 #[derive(Debug)]
 pub struct ChatRequest {
-    /// Platform label (`http`, `telegram`, `feishu`), bounded, for metrics.
-    pub platform: &'static str,
+    pub platform: Platform,
+    /// Platform account that received it (selects the egress).
+    pub account: String,
     /// The conversation key (platform, account, chat, …), opaque here.
     pub conversation: String,
     /// Who wrote the message.
     pub user: String,
-    /// The message text.
-    pub text: String,
+    /// What it says.
+    pub content: Content,
     /// Per-request generation settings.
     pub options: GenerateOptions,
-    /// When set, text deltas are streamed here as they are generated.
-    pub deltas: Option<mpsc::UnboundedSender<String>>,
-    /// When the message was accepted, for the end-to-end latency.
-    pub accepted_at: Instant,
-    /// The message's inbox row, once stored durably.
-    pub inbox_id: Option<i64>,
-    /// Platform account that received it (for the inbox and egress).
-    pub account: String,
+    /// Where the answer goes.
+    pub reply_to: ReplyTarget,
+    /// The message's inbox row.
+    pub inbox_id: i64,
     /// Attempts already made (from the inbox, when replayed).
     pub attempts: i64,
-    /// Where the reply goes on the platform (chat, thread, message to reply to), as the
-    /// platform's egress understands it; `None` for the HTTP API (the caller waits for it).
-    pub route: Option<serde_json::Value>,
-}
-
-/// What the inbox keeps besides the text: generation options and the reply route.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct InboxPayload {
-    #[serde(default)]
-    pub options: GenerateOptions,
-    #[serde(default)]
-    pub route: Option<serde_json::Value>,
-}
-
-impl InboxPayload {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
-    }
+    /// When the message was accepted, for the end-to-end latency.
+    pub accepted_at: Instant,
+    /// A caller waiting for the answer; `None` for platform messages and replays.
+    pub caller: Option<Caller>,
 }
 
 impl ChatRequest {
-    /// Rebuilds a request from an inbox row (start-up replay, dead-letter replay, redelivery
-    /// after a session crash). `None` for a platform this build does not know.
-    pub fn from_inbox(e: &crate::store::InboxEntry) -> Option<ChatRequest> {
-        let platform = match e.platform.as_str() {
-            "http" => "http",
-            "telegram" => "telegram",
-            "feishu" => "feishu",
-            other => {
-                tracing::warn!(platform = other, inbox_id = e.id, "Inbox entry of an unknown platform skipped.");
-                return None;
-            }
-        };
-        let payload: InboxPayload = serde_json::from_str(&e.payload).unwrap_or_default();
-        Some(ChatRequest {
-            platform,
-            conversation: e.conversation.clone(),
-            user: e.user.clone(),
-            text: e.text.clone(),
-            options: payload.options,
-            deltas: None,
-            accepted_at: Instant::now(),
-            inbox_id: Some(e.id),
-            account: e.account.clone(),
-            attempts: e.attempts,
-            route: payload.route,
-        })
+    /// The message text ("" for unsupported content).
+    pub fn text(&self) -> &str {
+        match &self.content {
+            Content::Text(t) => t,
+            Content::Unsupported { .. } => "",
+        }
+    }
+
+    /// Sends a delta to the waiting caller, if it streams.
+    pub fn stream_to_caller(&self, delta: &str) {
+        if let Some(tx) = self.caller.as_ref().and_then(|c| c.deltas.as_ref()) {
+            let _ = tx.send(delta.to_string());
+        }
     }
 }
 

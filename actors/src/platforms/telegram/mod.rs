@@ -7,13 +7,11 @@
 //! * [`format`]: HTML escaping and splitting answers into ≤ 4096-character messages.
 //! * [`api`]: [`BotApi`](api::BotApi), the HTTP client.
 //! * [`error`]: [`TgError`](error::TgError) and [`classify`](error::classify).
-//! * [`ratelimit`]: [`SendLimiter`](ratelimit::SendLimiter), client-side flood control.
 
 pub mod api;
 pub mod error;
 pub mod format;
 pub mod inbound;
-pub mod ratelimit;
 pub mod types;
 
 pub use api::{BotApi, SendMessage};

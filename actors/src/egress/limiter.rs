@@ -1,6 +1,7 @@
-//! Client-side send limits, so the bot stays under Telegram's flood control instead of
-//! collecting 429s: about 1 message/s per chat, 20 messages/minute per group, 30 messages/s
-//! per bot overall.
+//! Client-side send limits, so a bot stays under its platform's flood control instead of
+//! collecting 429s. The defaults are Telegram's (about 1 message/s per chat, 20 messages/minute
+//! per group, 30 messages/s per bot overall); [`Limits::feishu`] has Feishu's. The limiter is
+//! generic over the platform's chat id type (`i64` on Telegram, `oc_…` strings on Feishu).
 //!
 //! Each limit is a token bucket implemented as GCRA ("virtual scheduling"): a bucket stores the
 //! theoretical arrival time `tat` of the next message; a message may go at
@@ -13,6 +14,7 @@
 //! against the same limits is unconfirmed, so counting them is the safe choice.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// One token bucket's parameters.
@@ -47,6 +49,18 @@ pub struct Limits {
     pub sweep_every: Duration,
 }
 
+impl Limits {
+    /// Feishu allows about 5 messages/s per chat and 50/s per app.
+    pub fn feishu() -> Self {
+        Limits {
+            per_chat: Rate { burst: 5, interval: Duration::from_millis(200) },
+            per_group: Rate { burst: 5, interval: Duration::from_millis(200) },
+            global: Rate { burst: 50, interval: Duration::from_millis(20) },
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -70,18 +84,18 @@ struct ChatBuckets {
 /// Reserves send slots against all limits. Memory is bounded by the number of chats active
 /// within the last few bucket intervals.
 #[derive(Debug)]
-pub struct SendLimiter {
+pub struct SendLimiter<K = i64> {
     /// The configured limits.
     limits: Limits,
     /// `tat` of the bot-wide bucket; `None` before the first send.
     global: Option<Instant>,
     /// Buckets of chats that sent recently.
-    chats: HashMap<i64, ChatBuckets>,
+    chats: HashMap<K, ChatBuckets>,
     /// When idle buckets were last swept.
     last_sweep: Option<Instant>,
 }
 
-impl SendLimiter {
+impl<K: Hash + Eq> SendLimiter<K> {
     /// A limiter with no history.
     pub fn new(limits: Limits) -> Self {
         Self { limits, global: None, chats: HashMap::new(), last_sweep: None }
@@ -90,7 +104,7 @@ impl SendLimiter {
     /// Reserves the next slot for a message to `chat_id` and returns how long to wait before
     /// sending it (zero: send now). The slot is taken even if the caller later gives up.
     /// `is_group` applies the per-group limit in addition to the per-chat one.
-    pub fn reserve(&mut self, chat_id: i64, is_group: bool, now: Instant) -> Duration {
+    pub fn reserve(&mut self, chat_id: K, is_group: bool, now: Instant) -> Duration {
         self.sweep(now);
         let limits = self.limits;
         let buckets = self.chats.entry(chat_id).or_insert(ChatBuckets { chat: now, group: None });
@@ -223,6 +237,15 @@ mod tests {
         drain(&mut l, 7, true, t0 + Duration::from_secs(11), 10);
         l.reserve(8, false, t0 + Duration::from_secs(22));
         assert_eq!(l.tracked_chats(), 2);
+    }
+
+    #[test]
+    fn string_chat_ids_work_the_same() {
+        let mut l: SendLimiter<String> = SendLimiter::new(Limits::feishu());
+        let t0 = Instant::now();
+        let waits: Vec<Duration> = (0..7).map(|_| l.reserve("oc_1".to_string(), false, t0)).collect();
+        assert_eq!(waits, vec![ms(0), ms(0), ms(0), ms(0), ms(0), ms(200), ms(400)]);
+        assert_eq!(l.reserve("oc_2".to_string(), false, t0), ms(0));
     }
 
     #[test]

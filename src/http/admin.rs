@@ -7,14 +7,13 @@ use ractor::ActorRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_actors::session::ROUTER_NAME;
-use switchboard_actors::session::{ChatRequest, RouterMsg};
-use switchboard_actors::telemetry;
+use switchboard_actors::session::RouterMsg;
+use switchboard_actors::{ingress, names, telemetry};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::{ApiError, AppState, with_state};
 use crate::config::{AdminToken, Role};
-use crate::http::{ApiError, AppState};
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -87,7 +86,7 @@ fn db(e: impl std::fmt::Display) -> Rejection {
 }
 
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let with_state = warp::any().map(move || state.clone());
+    let with_state = with_state(state);
     let auth = warp::header::optional::<String>("authorization");
     let base = warp::path!("admin" / "v1" / ..);
 
@@ -128,7 +127,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
                 return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));
             };
-            if let Some(router) = ActorRef::<RouterMsg>::where_is(ROUTER_NAME.to_string()) {
+            if let Some(router) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) {
                 let _ = router.cast(RouterMsg::Evict { key: conv.key.clone() });
             }
             let rows = st.store.erase(&conv.key).await.map_err(db)?;
@@ -159,8 +158,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
             };
             st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
             let inbox_id = entry.id;
-            if let Some(req) = ChatRequest::from_inbox(&entry) {
-                switchboard_actors::session::route_message(req, None);
+            if let Err(e) = ingress::resume(&entry) {
+                tracing::warn!(inbox_id, error = %e, "A replayed dead letter could not be handed to its session; it is replayed at the next start.");
             }
             Ok(warp::reply::with_status(
                 warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})),

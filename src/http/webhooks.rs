@@ -1,0 +1,104 @@
+//! Platform webhooks: `POST /webhook/telegram/{account}` and `POST /webhook/feishu/{account}`.
+//! Each request is authenticated before anything else is parsed, parsed once, stored in the
+//! inbox through the accept path, and only then acknowledged. Bodies are limited by
+//! `server.webhook_max_body_bytes`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_actors::ingress::feishu::EventAnswer;
+use switchboard_actors::message::Platform;
+use switchboard_actors::platforms::feishu::event::RequestHeaders;
+use switchboard_actors::platforms::telegram::Update;
+use switchboard_actors::telemetry;
+use warp::{Filter, Rejection, Reply};
+
+use super::{ApiError, AppState, body_within, with_state};
+
+/// Telegram's secret-token header.
+const TELEGRAM_SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let limit = state.limits.webhook;
+    let telegram = warp::path!("webhook" / "telegram" / String)
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(warp::header::optional::<String>(TELEGRAM_SECRET_HEADER))
+        .and(body_within(limit))
+        .and_then(telegram);
+    let feishu = warp::path!("webhook" / "feishu" / String)
+        .and(warp::post())
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .and(body_within(limit))
+        .and_then(feishu);
+    telegram.or(feishu).unify()
+}
+
+fn ok_json(body: serde_json::Value) -> warp::reply::Response {
+    warp::reply::json(&body).into_response()
+}
+
+async fn feishu(
+    account: String,
+    state: Arc<AppState>,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Result<warp::reply::Response, Rejection> {
+    let Some(app) = state.feishu.get(&account) else {
+        return Err(ApiError::NoSuch(format!("feishu account {account:?}")).reject());
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let rh =
+        RequestHeaders { timestamp: h("x-lark-request-timestamp"), nonce: h("x-lark-request-nonce"), signature: h("x-lark-signature") };
+    match app.handle(&body, &rh).await.map_err(|e| ApiError::from(e).reject())? {
+        EventAnswer::Challenge(c) => Ok(ok_json(serde_json::json!({"challenge": c}))),
+        EventAnswer::Ok => Ok(ok_json(serde_json::json!({}))),
+        EventAnswer::Rejected(r) => {
+            let error = ApiError::FeishuRejected(r);
+            if error.status_and_code().0 == warp::http::StatusCode::UNAUTHORIZED {
+                state.audit(&format!("webhook:feishu:{}", app.account()), "webhook.rejected", r.reason(), &r.to_string()).await;
+            }
+            Err(error.reject())
+        }
+    }
+}
+
+/// Parses a Telegram webhook body once. A JSON object that is not a valid update is
+/// acknowledged and counted (Telegram would re-send it forever); anything else is a 400.
+fn parse_update(body: &[u8]) -> Result<Option<Update>, ApiError> {
+    match serde_json::from_slice::<Update>(body) {
+        Ok(u) => Ok(Some(u)),
+        Err(e) if e.classify() == serde_json::error::Category::Data && body.trim_ascii_start().starts_with(b"{") => Ok(None),
+        Err(_) => Err(ApiError::BadRequest("the body is not a JSON Update object".into())),
+    }
+}
+
+async fn telegram(account: String, state: Arc<AppState>, secret: Option<String>, body: Bytes) -> Result<warp::reply::Response, Rejection> {
+    let Some(bot) = state.telegram.get(&account) else {
+        return Err(ApiError::NoSuch(format!("telegram account {account:?}")).reject());
+    };
+    if !bot.secret_matches(secret.as_deref()) {
+        telemetry::platform_rejected(Platform::Telegram, bot.account(), "bad_secret");
+        let actor = format!("webhook:telegram:{}", bot.account());
+        state.audit(&actor, "webhook.rejected", "bad_secret", "missing or wrong X-Telegram-Bot-Api-Secret-Token").await;
+        return Err(ApiError::Unauthorized.reject());
+    }
+    let update = parse_update(&body)
+        .inspect_err(|_| telemetry::platform_rejected(Platform::Telegram, bot.account(), "bad_json"))
+        .map_err(ApiError::reject)?;
+    if state.is_shutting_down() {
+        // Telegram retries until it gets a 2xx; better it does so against another node.
+        return Err(ApiError::ShuttingDown.reject());
+    }
+    match update {
+        // Not stored: a 5xx makes Telegram deliver it again.
+        Some(update) => bot.accept_update(&update).await.map_err(|e| ApiError::from(e).reject())?,
+        None => {
+            tracing::warn!(account = %bot.account(), "Skipped a Telegram update that does not parse.");
+            telemetry::platform_update(Platform::Telegram, bot.account(), "malformed", telemetry::UpdateOutcome::Ignored);
+            telemetry::UpdateOutcome::Malformed
+        }
+    };
+    Ok(ok_json(serde_json::json!({"ok": true})))
+}
