@@ -69,19 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let process = metrics_process::Collector::default();
     process.describe();
 
-    let lib = resolve_runtime_lib(cfg.model.onnxruntime_lib.as_deref());
-    let env = init_runtime(&lib).context("`model.onnxruntime_lib`")?;
-    tracing::info!(library = %lib.display(), "Loaded ONNX Runtime.");
-    let assets = Arc::new(ModelAssets::load(&cfg.model.path).with_context(|| format!("`model.path` = {}", cfg.model.path.display()))?);
-    tracing::info!(model = %cfg.model.path.display(), context_window = assets.context_window, vocab = assets.vocab_size, "Loaded the model assets.");
-
-    let device = match cfg.inference.execution_provider {
-        ExecutionProvider::Cpu => Device::Cpu,
-        ExecutionProvider::Cuda => Device::Cuda {
-            device_id: cfg.inference.cuda_device_id,
-            memory_limit_bytes: (cfg.inference.cuda_memory_limit_mb > 0).then(|| cfg.inference.cuda_memory_limit_mb << 20),
-        },
-    };
+    let (env, assets, device) = load_model(&cfg)?;
     let store = open_store(&cfg).await?;
     // Inbox rows older than this were left by an earlier run; newer ones are this run's own.
     let started_ms = switchboard_actors::store::now_ms();
@@ -129,6 +117,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.audit("system", "daemon.start", &node, env!("CARGO_PKG_VERSION")).await;
     replay_inbox(&state, started_ms, cfg.inbox.orphan_after_secs).await?;
     tokio::spawn(inbox_gauges(store.clone()));
+    serve(&cfg, state, tree).await
+}
+
+/// Loads ONNX Runtime and the model assets, and picks the device.
+fn load_model(cfg: &Config) -> anyhow::Result<(ort::environment::Environment, Arc<ModelAssets>, Device)> {
+    let lib = resolve_runtime_lib(cfg.model.onnxruntime_lib.as_deref());
+    let env = init_runtime(&lib).context("`model.onnxruntime_lib`")?;
+    tracing::info!(library = %lib.display(), "Loaded ONNX Runtime.");
+    let assets = Arc::new(ModelAssets::load(&cfg.model.path).with_context(|| format!("`model.path` = {}", cfg.model.path.display()))?);
+    tracing::info!(model = %cfg.model.path.display(), context_window = assets.context_window, vocab = assets.vocab_size, "Loaded the model assets.");
+    let device = match cfg.inference.execution_provider {
+        ExecutionProvider::Cpu => Device::Cpu,
+        ExecutionProvider::Cuda => Device::Cuda {
+            device_id: cfg.inference.cuda_device_id,
+            memory_limit_bytes: (cfg.inference.cuda_memory_limit_mb > 0).then(|| cfg.inference.cuda_memory_limit_mb << 20),
+        },
+    };
+    Ok((env, assets, device))
+}
+
+/// Serves HTTP until a signal (graceful drain, then the tree stops) or until the tree gives up.
+async fn serve(cfg: &Config, state: Arc<AppState>, tree: tree::Tree) -> anyhow::Result<()> {
     let listener = listen(cfg.listen_addr()).with_context(|| format!("`server.listen`: cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -94,120 +94,122 @@ pub async fn start(cfg: TreeConfig) -> Result<Tree, ActorProcessingErr> {
     let cfg = Arc::new(cfg);
     let ready_workers = Arc::new(AtomicUsize::new(0));
     let client = InferenceClient::new(cfg.assets.clone(), cfg.inference.clone());
-
-    let inference_spec = {
-        let cfg = cfg.clone();
-        let ready = ready_workers.clone();
-        ChildSpec::new("inference", move |parent| {
-            let cfg = cfg.clone();
-            let ready = ready.clone();
-            async move {
-                let mut children = Vec::new();
-                {
-                    let cfg = cfg.clone();
-                    let ready = ready.clone();
-                    children.push(ChildSpec::new(names::BATCHER, move |p| {
-                        let args = BatcherArgs { config: cfg.inference.clone(), ready_workers: ready.clone() };
-                        async move { Actor::spawn_linked(Some(names::BATCHER.into()), BatcherActor, args, p).await.map(|(a, _)| a.get_cell()) }
-                    }));
-                }
-                for id in 0..cfg.inference.workers {
-                    let cfg = cfg.clone();
-                    children.push(ChildSpec::new(names::worker(id), move |p| {
-                        let args = WorkerArgs {
-                            id,
-                            assets: cfg.assets.clone(),
-                            env: cfg.env.clone(),
-                            session: cfg.session_options.clone(),
-                            max_batch: cfg.inference.max_batch,
-                        };
-                        async move { Actor::spawn_linked(Some(names::worker(id)), WorkerActor, args, p).await.map(|(a, _)| a.get_cell()) }
-                    }));
-                }
-                let args = SupervisorArgs {
-                    name: names::INFERENCE.into(),
-                    children,
-                    config: cfg.supervision.clone(),
-                    observer: Some(Arc::new(WorkerObserver::default())),
-                };
-                Actor::spawn_linked(Some(names::INFERENCE.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell())
-            }
-        })
-    };
-
-    let sessions_spec = {
-        let cfg = cfg.clone();
-        let client = client.clone();
-        ChildSpec::new(names::SESSIONS, move |parent| {
-            let deps = SessionDeps {
-                config: cfg.sessions.clone(),
-                inbox: cfg.inbox.clone(),
-                inference: client.clone(),
-                store: cfg.store.clone(),
-                fault_injection: cfg.fault_injection,
-            };
-            let args = RouterArgs { deps, node: cfg.node.clone() };
-            async move { Actor::spawn_linked(Some(names::ROUTER.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
-        })
-    };
-
-    let ingress_spec = {
-        let cfg = cfg.clone();
-        ChildSpec::new(names::INGRESS, move |parent| {
-            let mut children = Vec::new();
-            for bot in &cfg.telegram_pollers {
-                let name = names::telegram_poller(bot.account());
-                let bot = bot.clone();
-                children.push(ChildSpec::new(name.clone(), move |p| {
-                    let (bot, name) = (bot.clone(), name.clone());
-                    async move { Actor::spawn_linked(Some(name), TelegramPollerActor, bot, p).await.map(|(a, _)| a.get_cell()) }
-                }));
-            }
-            let args = SupervisorArgs { name: names::INGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
-            async move { Actor::spawn_linked(Some(names::INGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
-        })
-    };
-
-    let egress_spec = {
-        let cfg = cfg.clone();
-        ChildSpec::new(names::EGRESS, move |parent| {
-            let children = cfg
-                .egress
-                .iter()
-                .map(|sender| {
-                    let name = names::egress(sender.platform(), sender.account());
-                    let sender = sender.clone();
-                    ChildSpec::new(name.clone(), move |p| {
-                        let args = EgressArgs { sender: sender.clone(), max_attempts: 5 };
-                        let name = name.clone();
-                        async move { Actor::spawn_linked(Some(name), EgressActor, args, p).await.map(|(a, _)| a.get_cell()) }
-                    })
-                })
-                .collect();
-            let args = SupervisorArgs { name: names::EGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
-            async move { Actor::spawn_linked(Some(names::EGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
-        })
-    };
-
-    let housekeeping_spec = {
-        let upkeep = cfg.upkeep.clone();
-        ChildSpec::new(names::HOUSEKEEPING, move |parent| {
-            let upkeep = upkeep.clone();
-            async move {
-                Actor::spawn_linked(Some(names::HOUSEKEEPING.into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell())
-            }
-        })
-    };
-
     let root_args = SupervisorArgs {
         name: names::ROOT.into(),
         // Inference first so sessions find the batcher; ingress last so nothing arrives early.
-        children: vec![inference_spec, sessions_spec, egress_spec, housekeeping_spec, ingress_spec],
+        children: vec![
+            inference_spec(cfg.clone(), ready_workers.clone()),
+            sessions_spec(cfg.clone(), client.clone()),
+            egress_spec(cfg.clone()),
+            housekeeping_spec(&cfg),
+            ingress_spec(cfg.clone()),
+        ],
         config: cfg.supervision.clone(),
         observer: None,
     };
     let (root, handle) = Actor::spawn(Some(names::ROOT.into()), SupervisorActor, root_args).await?;
     Ok(Tree { root, handle, inference: client, ready_workers })
+}
+
+/// The inference supervisor: the batcher, then the workers.
+fn inference_spec(cfg: Arc<TreeConfig>, ready_workers: Arc<AtomicUsize>) -> ChildSpec {
+    let ready = ready_workers;
+    ChildSpec::new("inference", move |parent| {
+        let cfg = cfg.clone();
+        let ready = ready.clone();
+        async move {
+            let mut children = Vec::new();
+            {
+                let cfg = cfg.clone();
+                let ready = ready.clone();
+                children.push(ChildSpec::new(names::BATCHER, move |p| {
+                    let args = BatcherArgs { config: cfg.inference.clone(), ready_workers: ready.clone() };
+                    async move { Actor::spawn_linked(Some(names::BATCHER.into()), BatcherActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                }));
+            }
+            for id in 0..cfg.inference.workers {
+                let cfg = cfg.clone();
+                children.push(ChildSpec::new(names::worker(id), move |p| {
+                    let args = WorkerArgs {
+                        id,
+                        assets: cfg.assets.clone(),
+                        env: cfg.env.clone(),
+                        session: cfg.session_options.clone(),
+                        max_batch: cfg.inference.max_batch,
+                    };
+                    async move { Actor::spawn_linked(Some(names::worker(id)), WorkerActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                }));
+            }
+            let args = SupervisorArgs {
+                name: names::INFERENCE.into(),
+                children,
+                config: cfg.supervision.clone(),
+                observer: Some(Arc::new(WorkerObserver::default())),
+            };
+            Actor::spawn_linked(Some(names::INFERENCE.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+/// The session router (which supervises the session actors itself).
+fn sessions_spec(cfg: Arc<TreeConfig>, client: InferenceClient) -> ChildSpec {
+    ChildSpec::new(names::SESSIONS, move |parent| {
+        let deps = SessionDeps {
+            config: cfg.sessions.clone(),
+            inbox: cfg.inbox.clone(),
+            inference: client.clone(),
+            store: cfg.store.clone(),
+            fault_injection: cfg.fault_injection,
+        };
+        let args = RouterArgs { deps, node: cfg.node.clone() };
+        async move { Actor::spawn_linked(Some(names::ROUTER.into()), SessionRouterActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+    })
+}
+
+/// The ingress supervisor: one polling actor per Telegram bot in polling mode.
+fn ingress_spec(cfg: Arc<TreeConfig>) -> ChildSpec {
+    ChildSpec::new(names::INGRESS, move |parent| {
+        let mut children = Vec::new();
+        for bot in &cfg.telegram_pollers {
+            let name = names::telegram_poller(bot.account());
+            let bot = bot.clone();
+            children.push(ChildSpec::new(name.clone(), move |p| {
+                let (bot, name) = (bot.clone(), name.clone());
+                async move { Actor::spawn_linked(Some(name), TelegramPollerActor, bot, p).await.map(|(a, _)| a.get_cell()) }
+            }));
+        }
+        let args = SupervisorArgs { name: names::INGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
+        async move { Actor::spawn_linked(Some(names::INGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+    })
+}
+
+/// The egress supervisor: one actor per platform account.
+fn egress_spec(cfg: Arc<TreeConfig>) -> ChildSpec {
+    ChildSpec::new(names::EGRESS, move |parent| {
+        let children = cfg
+            .egress
+            .iter()
+            .map(|sender| {
+                let name = names::egress(sender.platform(), sender.account());
+                let sender = sender.clone();
+                ChildSpec::new(name.clone(), move |p| {
+                    let args = EgressArgs { sender: sender.clone(), max_attempts: 5 };
+                    let name = name.clone();
+                    async move { Actor::spawn_linked(Some(name), EgressActor, args, p).await.map(|(a, _)| a.get_cell()) }
+                })
+            })
+            .collect();
+        let args = SupervisorArgs { name: names::EGRESS.into(), children, config: cfg.supervision.clone(), observer: None };
+        async move { Actor::spawn_linked(Some(names::EGRESS.into()), SupervisorActor, args, parent).await.map(|(a, _)| a.get_cell()) }
+    })
+}
+
+fn housekeeping_spec(cfg: &TreeConfig) -> ChildSpec {
+    let upkeep = cfg.upkeep.clone();
+    ChildSpec::new(names::HOUSEKEEPING, move |parent| {
+        let upkeep = upkeep.clone();
+        async move { Actor::spawn_linked(Some(names::HOUSEKEEPING.into()), HousekeepingActor, upkeep, parent).await.map(|(a, _)| a.get_cell()) }
+    })
 }
 
 /// Periodic upkeep: uptime, and whatever the daemon registered (metrics exporter upkeep).

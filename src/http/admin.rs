@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use ractor::ActorRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_actors::session::RouterMsg;
-use switchboard_actors::{ingress, names, telemetry};
+use switchboard_actors::session::evict;
+use switchboard_actors::store::ConversationInfo;
+use switchboard_actors::{ingress, telemetry};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
@@ -36,7 +36,7 @@ pub fn authenticate(tokens: &[AdminToken], presented: &str) -> Option<Principal>
     found
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct ListQuery {
     platform: Option<String>,
     limit: Option<i64>,
@@ -89,87 +89,86 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
     let with_state = with_state(state);
     let auth = warp::header::optional::<String>("authorization");
     let base = warp::path!("admin" / "v1" / ..);
-
+    let query = warp::query::<ListQuery>();
     let list =
-        base.and(warp::path!("conversations")).and(warp::get()).and(with_state.clone()).and(auth).and(warp::query::<ListQuery>()).and_then(
-            |st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
-                let who = authorize(&st, h, Role::Viewer, "conversations.list").await?;
-                let limit = limit(q.limit).map_err(warp::reject::custom)?;
-                let list = st.store.conversations(q.platform.as_deref(), limit).await.map_err(db)?;
-                st.audit(&who.name, "admin.conversations.list", q.platform.as_deref().unwrap_or("*"), &format!("{} rows", list.len()))
-                    .await;
-                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"conversations": list})).into_response())
-            },
-        );
-
+        base.and(warp::path!("conversations")).and(warp::get()).and(with_state.clone()).and(auth).and(query).and_then(list_conversations);
     let messages = base
         .and(warp::path!("conversations" / String / "messages"))
         .and(warp::get())
         .and(with_state.clone())
         .and(auth)
-        .and(warp::query::<ListQuery>())
-        .and_then(|key: String, st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
-            let key = decode(&key);
-            let who = authorize(&st, h, Role::Viewer, "conversations.messages").await?;
-            let limit = limit(q.limit.or(Some(1000))).map_err(warp::reject::custom)?;
-            let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
-                return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));
-            };
-            let msgs = st.store.messages(&conv.key, limit).await.map_err(db)?;
-            st.audit(&who.name, "admin.conversations.messages", &conv.key, &format!("{} messages", msgs.len())).await;
-            Ok(warp::reply::json(&serde_json::json!({"conversation": conv, "messages": msgs})).into_response())
-        });
-
-    let erase = base.and(warp::path!("conversations" / String)).and(warp::delete()).and(with_state.clone()).and(auth).and_then(
-        |key: String, st: Arc<AppState>, h: Option<String>| async move {
-            let key = decode(&key);
-            let who = authorize(&st, h, Role::Admin, "conversations.erase").await?;
-            let Some(conv) = st.store.conversation(&key).await.map_err(db)? else {
-                return Err(warp::reject::custom(ApiError::NoSuch(format!("conversation {key:?}"))));
-            };
-            if let Some(router) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) {
-                let _ = router.cast(RouterMsg::Evict { key: conv.key.clone() });
-            }
-            let rows = st.store.erase(&conv.key).await.map_err(db)?;
-            st.audit(&who.name, "admin.conversations.erase", &conv.key, &format!("{rows} rows erased")).await;
-            Ok(warp::reply::json(&serde_json::json!({"erased": conv.key, "rows": rows})).into_response())
-        },
-    );
-
+        .and(query)
+        .and_then(conversation_messages);
+    let erase =
+        base.and(warp::path!("conversations" / String)).and(warp::delete()).and(with_state.clone()).and(auth).and_then(erase_conversation);
     let dead =
-        base.and(warp::path!("dead-letters")).and(warp::get()).and(with_state.clone()).and(auth).and(warp::query::<ListQuery>()).and_then(
-            |st: Arc<AppState>, h: Option<String>, q: ListQuery| async move {
-                let who = authorize(&st, h, Role::Viewer, "dead_letters.list").await?;
-                let limit = limit(q.limit).map_err(warp::reject::custom)?;
-                let list = st.store.dead_letters(limit).await.map_err(db)?;
-                st.audit(&who.name, "admin.dead_letters.list", "*", &format!("{} rows", list.len())).await;
-                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"dead_letters": list})).into_response())
-            },
-        );
-
-    let replay = base.and(warp::path!("dead-letters" / String / "replay")).and(warp::post()).and(with_state).and(auth).and_then(
-        |id: String, st: Arc<AppState>, h: Option<String>| async move {
-            let who = authorize(&st, h, Role::Operator, "dead_letters.replay").await?;
-            let id: i64 = id
-                .parse()
-                .map_err(|_| warp::reject::custom(ApiError::BadRequest(format!("dead letter id must be a number. Given: {id:?}"))))?;
-            let Some(entry) = st.store.replay_dead_letter(id, &st.node).await.map_err(db)? else {
-                return Err(warp::reject::custom(ApiError::NoSuch(format!("dead letter {id} (or it was already replayed)"))));
-            };
-            st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
-            let inbox_id = entry.id;
-            if let Err(e) = ingress::resume(&entry) {
-                tracing::warn!(inbox_id, error = %e, "A replayed dead letter could not be handed to its session; it is replayed at the next start.");
-            }
-            Ok(warp::reply::with_status(
-                warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": inbox_id})),
-                StatusCode::ACCEPTED,
-            )
-            .into_response())
-        },
-    );
-
+        base.and(warp::path!("dead-letters")).and(warp::get()).and(with_state.clone()).and(auth).and(query).and_then(list_dead_letters);
+    let replay =
+        base.and(warp::path!("dead-letters" / String / "replay")).and(warp::post()).and(with_state).and(auth).and_then(replay_dead_letter);
     list.or(messages).unify().or(erase).unify().or(dead).unify().or(replay).unify()
+}
+
+fn json(body: serde_json::Value) -> warp::reply::Response {
+    warp::reply::json(&body).into_response()
+}
+
+/// The stored conversation named by a path segment (key or hash).
+async fn find_conversation(st: &AppState, segment: &str) -> Result<ConversationInfo, Rejection> {
+    let key = decode(segment);
+    st.store.conversation(&key).await.map_err(db)?.ok_or_else(|| ApiError::NoSuch(format!("conversation {key:?}")).reject())
+}
+
+async fn list_conversations(st: Arc<AppState>, h: Option<String>, q: ListQuery) -> Result<warp::reply::Response, Rejection> {
+    let who = authorize(&st, h, Role::Viewer, "conversations.list").await?;
+    let limit = limit(q.limit).map_err(ApiError::reject)?;
+    let list = st.store.conversations(q.platform.as_deref(), limit).await.map_err(db)?;
+    st.audit(&who.name, "admin.conversations.list", q.platform.as_deref().unwrap_or("*"), &format!("{} rows", list.len())).await;
+    Ok(json(serde_json::json!({"conversations": list})))
+}
+
+async fn conversation_messages(
+    key: String,
+    st: Arc<AppState>,
+    h: Option<String>,
+    q: ListQuery,
+) -> Result<warp::reply::Response, Rejection> {
+    let who = authorize(&st, h, Role::Viewer, "conversations.messages").await?;
+    let limit = limit(q.limit.or(Some(1000))).map_err(ApiError::reject)?;
+    let conv = find_conversation(&st, &key).await?;
+    let msgs = st.store.messages(&conv.key, limit).await.map_err(db)?;
+    st.audit(&who.name, "admin.conversations.messages", &conv.key, &format!("{} messages", msgs.len())).await;
+    Ok(json(serde_json::json!({"conversation": conv, "messages": msgs})))
+}
+
+async fn erase_conversation(key: String, st: Arc<AppState>, h: Option<String>) -> Result<warp::reply::Response, Rejection> {
+    let who = authorize(&st, h, Role::Admin, "conversations.erase").await?;
+    let conv = find_conversation(&st, &key).await?;
+    evict(&conv.key);
+    let rows = st.store.erase(&conv.key).await.map_err(db)?;
+    st.audit(&who.name, "admin.conversations.erase", &conv.key, &format!("{rows} rows erased")).await;
+    Ok(json(serde_json::json!({"erased": conv.key, "rows": rows})))
+}
+
+async fn list_dead_letters(st: Arc<AppState>, h: Option<String>, q: ListQuery) -> Result<warp::reply::Response, Rejection> {
+    let who = authorize(&st, h, Role::Viewer, "dead_letters.list").await?;
+    let limit = limit(q.limit).map_err(ApiError::reject)?;
+    let list = st.store.dead_letters(limit).await.map_err(db)?;
+    st.audit(&who.name, "admin.dead_letters.list", "*", &format!("{} rows", list.len())).await;
+    Ok(json(serde_json::json!({"dead_letters": list})))
+}
+
+async fn replay_dead_letter(id: String, st: Arc<AppState>, h: Option<String>) -> Result<warp::reply::Response, Rejection> {
+    let who = authorize(&st, h, Role::Operator, "dead_letters.replay").await?;
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("dead letter id must be a number. Given: {id:?}")).reject())?;
+    let Some(entry) = st.store.replay_dead_letter(id, &st.node).await.map_err(db)? else {
+        return Err(ApiError::NoSuch(format!("dead letter {id} (or it was already replayed)")).reject());
+    };
+    st.audit(&who.name, "admin.dead_letters.replay", &id.to_string(), &format!("new inbox entry {}", entry.id)).await;
+    if let Err(e) = ingress::resume(&entry) {
+        tracing::warn!(inbox_id = entry.id, error = %e, "A replayed dead letter could not be handed to its session; it is replayed at the next start.");
+    }
+    let body = warp::reply::json(&serde_json::json!({"replayed": id, "inbox_id": entry.id}));
+    Ok(warp::reply::with_status(body, StatusCode::ACCEPTED).into_response())
 }
 
 #[cfg(test)]

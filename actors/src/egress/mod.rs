@@ -11,13 +11,16 @@ pub mod feishu;
 pub mod limiter;
 pub mod stream;
 pub mod telegram;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::message::{Platform, ReplyTarget};
 use crate::names;
@@ -175,7 +178,7 @@ impl Outbox {
     async fn send_planned(mut self, plan: Vec<(Instant, String)>, on_delivered: Option<OnDelivered>) {
         let mut result = Ok(());
         for (i, (at, chunk)) in plan.into_iter().enumerate() {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
             if let Err(e) = self.send_chunk(&chunk, i).await {
                 result = Err(e);
                 break;
@@ -288,5 +291,52 @@ impl Egress {
         let (done_tx, done) = oneshot::channel();
         self.actor.cast(EgressMsg::Answer { target, feed: AnswerFeed { deltas, done }, key, on_delivered }).ok()?;
         Some((tx, done_tx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::testing::{Call, Recorder, outbox};
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chat_that_moves_is_followed_and_reported() {
+        let moved = ReplyTarget::Telegram { chat_id: -200, thread_id: None, message_id: None, group: true };
+        let rec = Recorder::moving_to(4, moved.clone());
+        let (report, delivered) = oneshot::channel();
+        let now = Instant::now();
+        let plan = rec.chunks("abcdefgh").into_iter().map(|c| (now, c)).collect();
+        outbox(&rec).send_planned(plan, Some(Box::new(move |d| drop(report.send(d))))).await;
+        let delivery = delivered.await.unwrap();
+        assert_eq!(delivery, Delivery { result: Ok(()), moved_to: Some(moved.clone()) });
+        let calls = rec.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1].target, moved, "the second part goes to the new chat");
+        assert!(matches!(calls[0].what, Call::Send));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_backoff_then_given_up() {
+        let rec = Recorder::failing(SendError::Transient("502".into()));
+        let (report, delivered) = oneshot::channel();
+        let started = Instant::now();
+        let plan = vec![(started, "hi".to_string())];
+        outbox(&rec).send_planned(plan, Some(Box::new(move |d| drop(report.send(d))))).await;
+        let delivery = delivered.await.unwrap();
+        assert!(delivery.result.unwrap_err().contains("gave up after 3 attempts"));
+        let calls = rec.calls();
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[1].at - calls[0].at, Duration::from_millis(250));
+        assert_eq!(calls[2].at - calls[1].at, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn delivery_keys_are_stable_per_inbox_row() {
+        assert_eq!(DeliveryKey::for_inbox(Some(7)).chunk(1), "sb-7-1");
+        assert_ne!(DeliveryKey::for_inbox(None), DeliveryKey::for_inbox(None));
     }
 }

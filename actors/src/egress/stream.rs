@@ -4,7 +4,9 @@
 //! generation is done the answer is sent in full: the streamed message is edited to the first
 //! chunk (or the first chunk replies to the user), further chunks follow as new messages.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{AnswerFeed, OnDelivered, Outbox, SendError, with_retries};
 use crate::telemetry::{self, SendOutcome};
@@ -86,4 +88,69 @@ async fn finish(out: &mut Outbox, text: &str, shown: &Shown, interval: Duration)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::super::testing::{Call, Recorder, outbox};
+    use super::*;
+
+    /// Feeds `parts` one every `every`, then ends generation with `ok`.
+    async fn feed(parts: &[&str], every: Duration, ok: bool) -> AnswerFeed {
+        let (tx, deltas) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        tokio::spawn(async move {
+            for p in parts {
+                let _ = tx.send(p);
+                tokio::time::sleep(every).await;
+            }
+            drop(tx);
+            let _ = done_tx.send(ok);
+        });
+        AnswerFeed { deltas, done }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streamed_edits_keep_their_pace_and_the_whole_answer_arrives() {
+        let rec = Recorder::streaming(100, Duration::from_secs(1));
+        let (report, delivered) = oneshot::channel();
+        let answer = feed(&["ab", "cd", "ef", "gh", "ij", "kl"], Duration::from_millis(400), true).await;
+        deliver_answer(outbox(&rec), answer, Some(Box::new(move |d| drop(report.send(d))))).await;
+        let calls = rec.calls();
+        let edits: Vec<_> = calls.iter().filter(|c| matches!(c.what, Call::Stream)).collect();
+        assert!(edits.len() >= 2, "{calls:?}");
+        for pair in edits.windows(2) {
+            assert!(pair[1].at - pair[0].at >= Duration::from_secs(1), "edits closer than the interval: {calls:?}");
+        }
+        assert_eq!(edits.last().unwrap().text, "abcdefghijkl", "the final edit shows the whole answer");
+        assert!(calls.iter().all(|c| !matches!(c.what, Call::Send)), "one message, edited: {calls:?}");
+        assert_eq!(delivered.await.unwrap().result, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_streamed_answer_ends_as_the_edited_first_part_plus_new_messages() {
+        let rec = Recorder::streaming(6, Duration::from_millis(500));
+        let answer = feed(&["abc", "def", "ghi", "jkl", "mn"], Duration::from_millis(300), true).await;
+        deliver_answer(outbox(&rec), answer, None).await;
+        let calls = rec.calls();
+        let last_edit = calls.iter().rev().find(|c| matches!(c.what, Call::Stream)).unwrap();
+        assert_eq!(last_edit.text, "abcdef");
+        let sends: Vec<_> = calls.iter().filter(|c| matches!(c.what, Call::Send)).map(|c| c.text.as_str()).collect();
+        assert_eq!(sends, ["ghijkl", "mn"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_generation_reports_nothing() {
+        let rec = Recorder::streaming(100, Duration::from_millis(200));
+        let (report, delivered) = oneshot::channel::<crate::egress::Delivery>();
+        let answer = feed(&["partial"], Duration::from_millis(300), false).await;
+        deliver_answer(outbox(&rec), answer, Some(Box::new(move |d| drop(report.send(d))))).await;
+        assert!(delivered.await.is_err(), "the session retries or apologises; egress reports nothing");
+        assert!(rec.calls().iter().all(|c| !matches!(c.what, Call::Send)));
+    }
 }

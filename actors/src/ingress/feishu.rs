@@ -94,7 +94,7 @@ impl FeishuApp {
     }
 
     /// What to do with an authenticated event.
-    fn verdict(&self, ev: &EventEnvelope) -> Verdict {
+    pub(crate) fn verdict(&self, ev: &EventEnvelope) -> Verdict {
         let ignore = |kind, outcome| Verdict::Ignore { kind, outcome };
         if ev.event_type != "im.message.receive_v1" {
             return ignore("other", UpdateOutcome::Ignored);

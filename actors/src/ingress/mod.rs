@@ -217,3 +217,6 @@ pub fn resume(entry: &InboxEntry) -> Result<(), ResumeError> {
 pub fn entry_of(req: &ChatRequest, attempts: i64) -> InboxEntry {
     row::entry_of(req, attempts)
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::conversation::{self, Command, Conversation, FailureAction, on_failure};

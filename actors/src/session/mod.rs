@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 pub use actor::{SessionActor, SessionArgs, SessionMsg};
 pub use config::{GroupScope, InboxConfig, SessionConfig};
 pub use conversation::{Command, Conversation, FailureAction, on_failure};
-pub use router::{RouterArgs, RouterMsg, SessionRouterActor, move_conversation, route_message};
+pub use router::{RouterArgs, RouterMsg, SessionRouterActor, evict, move_conversation, route_message};
 
 use crate::inference::{FinishReason, GenerateOptions, InferenceError};
 use crate::message::{Content, Platform, ReplyTarget};

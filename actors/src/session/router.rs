@@ -40,6 +40,13 @@ pub fn route_message(req: ChatRequest) -> Result<(), ChatRequest> {
     }
 }
 
+/// Stops a conversation's session, if it runs (after its data was erased or moved).
+pub fn evict(key: &str) {
+    if let Some(r) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) {
+        let _ = r.cast(RouterMsg::Evict { key: key.to_string() });
+    }
+}
+
 /// Moves a conversation to a new key (a Telegram group upgraded to a supergroup) and stops
 /// the old key's session, so the next message rebuilds it under the new key.
 pub async fn move_conversation(store: &dyn Store, from: &str, to: &str) {
@@ -47,9 +54,7 @@ pub async fn move_conversation(store: &dyn Store, from: &str, to: &str) {
         tracing::error!(error = %e, "Could not move a migrated group's conversation.");
         return;
     }
-    if let Some(r) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) {
-        let _ = r.cast(RouterMsg::Evict { key: from.to_string() });
-    }
+    evict(from);
     tracing::info!(from_hash = %conversation_hash(from), to_hash = %conversation_hash(to), "A group was upgraded to a supergroup; its conversation moved.");
 }
 
