@@ -9,7 +9,9 @@ use bytes::Bytes;
 use switchboard_actors::ingress::feishu::EventAnswer;
 use switchboard_actors::message::Platform;
 use switchboard_actors::platforms::feishu::event::RequestHeaders;
+use switchboard_actors::platforms::feishu::event::challenge_response;
 use switchboard_actors::platforms::telegram::Update;
+use switchboard_actors::platforms::telegram::types::parse_update_bytes;
 use switchboard_actors::telemetry;
 use warp::{Filter, Rejection, Reply};
 
@@ -52,7 +54,9 @@ async fn feishu(
     let rh =
         RequestHeaders { timestamp: h("x-lark-request-timestamp"), nonce: h("x-lark-request-nonce"), signature: h("x-lark-signature") };
     match app.handle(&body, &rh).await.map_err(|e| ApiError::from(e).reject())? {
-        EventAnswer::Challenge(c) => Ok(ok_json(serde_json::json!({"challenge": c}))),
+        EventAnswer::Challenge(c) => {
+            Ok(warp::reply::with_header(challenge_response(&c), "content-type", "application/json").into_response())
+        }
         EventAnswer::Ok => Ok(ok_json(serde_json::json!({}))),
         EventAnswer::Rejected(r) => {
             let error = ApiError::FeishuRejected(r);
@@ -67,7 +71,7 @@ async fn feishu(
 /// Parses a Telegram webhook body once. A JSON object that is not a valid update is
 /// acknowledged and counted (Telegram would re-send it forever); anything else is a 400.
 fn parse_update(body: &[u8]) -> Result<Option<Update>, ApiError> {
-    match serde_json::from_slice::<Update>(body) {
+    match parse_update_bytes(body) {
         Ok(u) => Ok(Some(u)),
         Err(e) if e.classify() == serde_json::error::Category::Data && body.trim_ascii_start().starts_with(b"{") => Ok(None),
         Err(_) => Err(ApiError::BadRequest("the body is not a JSON Update object".into())),

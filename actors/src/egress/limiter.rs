@@ -128,8 +128,9 @@ impl<K: Hash + Eq> SendLimiter<K> {
         send_at.saturating_duration_since(now)
     }
 
-    /// Number of chats currently tracked (for tests and a gauge).
-    pub fn tracked_chats(&self) -> usize {
+    /// Number of chats currently tracked.
+    #[cfg(test)]
+    fn tracked_chats(&self) -> usize {
         self.chats.len()
     }
 

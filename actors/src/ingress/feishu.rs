@@ -107,10 +107,10 @@ impl FeishuApp {
                 return ignore("message", UpdateOutcome::Malformed);
             }
         };
-        let group = msg.chat_type == ChatType::Group;
-        if msg.sender_type != "user" || (group && !msg.bot_mentioned) {
+        if !message::is_addressed(&msg) {
             return ignore("message", UpdateOutcome::Ignored);
         }
+        let group = msg.chat_type == ChatType::Group;
         let chat_ref = ChatRef { chat: &msg.chat_id, thread: msg.thread_id.as_deref(), group, user_id: &msg.sender_open_id };
         let Some(conversation) = self.policy.conversation(PLATFORM, self.account(), chat_ref) else {
             return ignore("message", UpdateOutcome::NotAllowed);

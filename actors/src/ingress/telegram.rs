@@ -11,7 +11,7 @@ use super::{AcceptError, ChatPolicy, ChatRef, Ingress, Verdict};
 use crate::ingress::Inbound;
 use crate::message::{Content, Platform, ReplyTarget};
 use crate::platforms::config::{TelegramConfig, TelegramMode};
-use crate::platforms::telegram::types::update_id_of;
+use crate::platforms::telegram::types::{parse_update, update_id_of};
 use crate::platforms::telegram::{BotApi, BotIdentity, TgError, Triage, Update, triage};
 use crate::session::{GroupScope, conversation_key, move_conversation};
 use crate::telemetry::{self, UpdateOutcome};
@@ -175,7 +175,7 @@ impl Actor for TelegramPollerActor {
         for raw in updates {
             let Some(id) = update_id_of(&raw) else { continue };
             let poison = st.bot.fault_injection && raw.to_string().contains("!fault:poller-panic");
-            let outcome = match serde_json::from_value::<Update>(raw) {
+            let outcome = match parse_update(raw) {
                 Ok(update) => match st.bot.accept_update(&update).await {
                     Ok(o) => o,
                     // Not stored: do not acknowledge it; it comes back on the next poll.

@@ -68,11 +68,6 @@ impl FeishuApi {
         self.tokens.get_or_refresh(|| self.fetch_token()).await
     }
 
-    /// Drops the cached token; the next call fetches a new one.
-    pub fn invalidate_token(&self) {
-        self.tokens.invalidate();
-    }
-
     /// How many token fetches have succeeded.
     pub fn token_refreshes(&self) -> u64 {
         self.tokens.refreshes()

@@ -120,11 +120,10 @@ pub fn parse_receive(event: &Value, bot_open_id: Option<&str>) -> Result<Incomin
     })
 }
 
-/// Whether the daemon should answer: there is non-empty text, and it is a direct chat or the
-/// bot is mentioned.
-pub fn should_answer(msg: &Incoming) -> bool {
-    let has_text = msg.text.as_deref().is_some_and(|t| !t.trim().is_empty());
-    has_text && (msg.chat_type == ChatType::P2p || msg.bot_mentioned)
+/// Whether the message is for the bot: a user wrote it, in a direct chat or mentioning the bot
+/// (in groups the bot only answers when mentioned).
+pub fn is_addressed(msg: &Incoming) -> bool {
+    msg.sender_type == "user" && (msg.chat_type == ChatType::P2p || msg.bot_mentioned)
 }
 
 fn req_str(v: &Value, key: &str, name: &'static str) -> Result<String, ParseError> {
@@ -313,7 +312,7 @@ mod tests {
         assert_eq!(m.sender_type, "user");
         assert_eq!(m.text.as_deref(), Some("hello there"));
         assert!(!m.bot_mentioned);
-        assert!(should_answer(&m));
+        assert!(is_addressed(&m));
     }
 
     #[test]
@@ -328,7 +327,7 @@ mod tests {
         assert_eq!(m.text.as_deref(), Some("ask @Tom and @Ann about it"));
         assert!(m.bot_mentioned);
         assert_eq!(m.chat_type, ChatType::Group);
-        assert!(should_answer(&m));
+        assert!(is_addressed(&m));
     }
 
     #[test]
@@ -337,7 +336,7 @@ mod tests {
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.text.as_deref(), Some("@Tom lunch?"));
         assert!(!m.bot_mentioned);
-        assert!(!should_answer(&m));
+        assert!(!is_addressed(&m));
     }
 
     #[test]
@@ -358,7 +357,7 @@ mod tests {
         let ev = event("topic", "text", json!({"text": "hi"}), json!([]));
         let m = parse_receive(&ev, Some(BOT)).unwrap();
         assert_eq!(m.chat_type, ChatType::Group);
-        assert!(!should_answer(&m));
+        assert!(!is_addressed(&m));
     }
 
     #[test]
@@ -390,7 +389,7 @@ mod tests {
             let m = parse_receive(&ev, Some(BOT)).unwrap();
             assert_eq!(m.text, None);
             assert_eq!(m.message_type, t);
-            assert!(!should_answer(&m));
+            assert!(!is_addressed(&m));
         }
     }
 

@@ -58,11 +58,12 @@ impl TokenCache {
     }
 
     /// The cached token, if still within its validity window.
-    pub fn current(&self) -> Option<String> {
+    #[cfg(test)]
+    fn current(&self) -> Option<String> {
         self.current_at(Instant::now())
     }
 
-    /// [`TokenCache::current`] at an explicit time (for tests).
+    /// The cached token if still valid at `now`.
     pub fn current_at(&self, now: Instant) -> Option<String> {
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.as_ref().filter(|c| now < c.valid_until).map(|c| c.token.clone())
@@ -100,11 +101,6 @@ impl TokenCache {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         *slot = Some(Cached { token: fetched.token.clone(), valid_until });
         Ok(fetched.token)
-    }
-
-    /// Drops the cached token unconditionally.
-    pub fn invalidate(&self) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Drops the cached token only if it is `token`, so that many callers reporting the same
@@ -182,8 +178,6 @@ mod tests {
         cache.invalidate_if("t-1");
         assert_eq!(cache.current(), None);
         assert_eq!(cache.get_or_refresh(fetcher(calls.clone(), 7200)).await.unwrap(), "t-2");
-        cache.invalidate();
-        assert_eq!(cache.current(), None);
     }
 
     #[tokio::test]
