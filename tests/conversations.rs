@@ -184,10 +184,18 @@ async fn accepted_messages_survive_a_crash_and_each_gets_exactly_one_reply_after
         assert_eq!(b["messages"][1]["role"], "assistant");
     }
     d.wait_metric("switchboard_inbox_depth", |v| v == 0.0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Sentinels: one more message per conversation, answered after everything replayed into it.
+    // A second reply to the replayed message would have been stored before the sentinel.
     for conv in ["crash-a", "crash-b", "crash-c"] {
-        let b = wait_messages(&d, &format!("http:{conv}"), 2).await;
-        assert_eq!(b["messages"].as_array().unwrap().len(), 2, "exactly one reply for {conv}: {b}");
+        let (s, b) = d.chat(conv, "sentinel").await;
+        assert_eq!(s, 200, "{b}");
+        let b = wait_messages(&d, &format!("http:{conv}"), 4).await;
+        let messages = b["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 4, "exactly one reply for {conv}, then the sentinel's exchange: {b}");
+        let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["user", "assistant"].repeat(2), "{b}");
+        assert_eq!(messages[0]["content"], format!("please survive {conv}"));
+        assert_eq!(messages[2]["content"], "sentinel");
     }
     assert!(d.log_text().contains("Replaying messages accepted before the last stop."));
 }

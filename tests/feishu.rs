@@ -93,12 +93,14 @@ async fn bad_signature_stale_timestamp_and_wrong_token_are_rejected_without_a_re
     ev["header"]["token"] = json!("wrong-token");
     assert_eq!(post_event(&d, &ev).await.0, 401);
     assert_eq!(post(&d, "enc", &[], "{not json".into()).await.0, 400);
+    // The sentinel: a valid event in the same chat, after the refused ones. Had one of those
+    // been taken in, it would have been answered before this one.
     let ev = message_event("ev-ok", "om_ok", "oc_chat_2", "p2p", "fine", json!([]));
     assert_eq!(post_event(&d, &ev).await.0, 200);
-    fake.wait_replies(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.replies().len(), 1);
-    assert_eq!(fake.replies()[0].message_id, "om_ok");
+    fake.wait_reply_to("om_ok").await;
+    let r = fake.replies();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].message_id, "om_ok");
     for reason in ["bad_signature", "stale_timestamp", "bad_token", "bad_json"] {
         let v = d.metric(&format!("switchboard_platform_rejected_total{{platform=\"feishu\",account=\"enc\",reason=\"{reason}\"}}")).await;
         assert_eq!(v, 1.0, "rejections for {reason}");
@@ -111,27 +113,31 @@ async fn the_same_event_twice_gets_one_reply() {
     let ev = message_event("ev-dup", "om_dup", "oc_chat_3", "p2p", "once", json!([]));
     assert_eq!(post_event(&d, &ev).await.0, 200);
     assert_eq!(post_event(&d, &ev).await.0, 200);
-    fake.wait_replies(1).await;
+    fake.wait_reply_to("om_dup").await;
+    // The sentinel: a later event in the same chat. Had the duplicate been taken in, it would
+    // have been answered before this one.
     let ev2 = message_event("ev-next", "om_next", "oc_chat_3", "p2p", "next", json!([]));
     assert_eq!(post_event(&d, &ev2).await.0, 200);
-    fake.wait_replies(2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.replies().iter().filter(|r| r.message_id == "om_dup").count(), 1);
+    fake.wait_reply_to("om_next").await;
+    assert_eq!(fake.replies_to("om_dup").len(), 1, "{:?}", fake.replies());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_need_the_bot_mentioned() {
     let (fake, d) = start().await;
+    // Mentions of the bot are told apart by its open_id, learnt at start.
+    d.wait_log(&["Feishu bot identified", "\"account\":\"enc\""]).await;
     let other = json!([{"key": "@_user_1", "id": {"open_id": "ou_someone"}, "name": "Someone"}]);
     let ev = message_event("ev-g1", "om_g1", "oc_group", "group", "@_user_1 not for the bot", other);
     assert_eq!(post_event(&d, &ev).await.0, 200);
     let bot = json!([{"key": "@_user_1", "id": {"open_id": ff::BOT_OPEN_ID}, "name": "Switchboard"}]);
     let ev = message_event("ev-g2", "om_g2", "oc_group", "group", "@_user_1 hello bot", bot);
     assert_eq!(post_event(&d, &ev).await.0, 200);
-    fake.wait_replies(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sentinel: the addressed message came later in the same chat (one conversation), so
+    // had the first one been answered, it would be by now.
+    fake.wait_reply_to("om_g2").await;
     let r = fake.replies();
-    assert_eq!(r.len(), 1);
+    assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].message_id, "om_g2");
 }
 
@@ -151,8 +157,13 @@ async fn expired_token_is_refreshed_once_for_concurrent_senders_and_invalid_toke
         let ev = message_event(&format!("ev-t{}", i + 1), &format!("om_t{}", i + 1), &format!("oc_t{i}"), "p2p", "concurrent", json!([]));
         assert_eq!(post_event(&d, &ev).await.0, 200);
     }
-    fake.wait_replies(6).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every sender fetches its token before its send: once all five answers are delivered (a
+    // sender whose token was refused would refresh again before its retry succeeds), no
+    // further refresh can follow.
+    d.wait_metric("switchboard_egress_sends_total{platform=\"feishu\",account=\"enc\",outcome=\"ok\"}", |v| v == 6.0).await;
+    for i in 1..=5 {
+        assert!(!fake.replies_to(&format!("om_t{i}")).is_empty());
+    }
     let after = fake.token_fetches();
     assert_eq!(after - before, 1, "the expired token is refreshed once for all concurrent senders");
     // The server declares the token invalid: the client refreshes and retries.

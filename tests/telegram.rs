@@ -64,11 +64,17 @@ async fn bad_secret_is_refused_and_nothing_is_answered() {
         400
     );
     assert_eq!(post_update(&d, Some(SECRET), private_text(3, 7103, "right secret")).await, 200);
-    let sent = fake.wait_calls("sendMessage", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = fake.wait_reply_to(30).await;
+    assert_eq!(sent.body["chat_id"], 7103);
+    // Sentinels: a valid message in each chat of a refused one. Had a refused update been taken
+    // in, it would have been answered before the sentinel of its chat.
+    assert_eq!(post_update(&d, Some(SECRET), private_text(5, 7101, "sentinel 1")).await, 200);
+    assert_eq!(post_update(&d, Some(SECRET), private_text(6, 7102, "sentinel 2")).await, 200);
+    fake.wait_reply_to(50).await;
+    fake.wait_reply_to(60).await;
     let sent_all = fake.calls("sendMessage");
-    assert_eq!(sent_all.len(), 1, "{sent_all:?}");
-    assert_eq!(sent[0].body["chat_id"], 7103);
+    assert_eq!(sent_all.len(), 3, "only the right secret and the sentinels are answered: {sent_all:?}");
+    assert!(fake.replies_to(10).is_empty() && fake.replies_to(20).is_empty(), "{sent_all:?}");
     assert_eq!(d.metric("switchboard_platform_rejected_total{platform=\"telegram\",account=\"main\",reason=\"bad_secret\"}").await, 2.0);
     // Unknown account.
     let r = d
@@ -90,11 +96,14 @@ async fn duplicate_update_is_answered_once() {
     let u = private_text(200, 7201, "only once please");
     assert_eq!(post_update(&d, Some(SECRET), u.clone()).await, 200);
     assert_eq!(post_update(&d, Some(SECRET), u.clone()).await, 200, "a re-delivered update is acknowledged");
-    fake.wait_calls("sendMessage", 1).await;
-    assert_eq!(post_update(&d, Some(SECRET), private_text(201, 7202, "another")).await, 200);
-    let sent = fake.wait_calls("sendMessage", 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.calls("sendMessage").iter().filter(|c| c.body["chat_id"] == 7201).count(), 1, "{sent:?}");
+    fake.wait_reply_to(2000).await;
+    // Sentinel: a later message in the same chat. Had the re-delivered update been taken in, it
+    // would have been answered before this one.
+    assert_eq!(post_update(&d, Some(SECRET), private_text(201, 7201, "another")).await, 200);
+    fake.wait_reply_to(2010).await;
+    let sent = fake.calls("sendMessage");
+    assert_eq!(fake.replies_to(2000).len(), 1, "{sent:?}");
+    assert_eq!(sent.iter().filter(|c| c.body["chat_id"] == 7201).count(), 2, "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +113,7 @@ async fn groups_answer_only_when_addressed_with_the_mention_stripped() {
     d.wait_ready().await;
     // The bot learns its username through getMe (it is not in the config).
     fake.wait_calls("getMe", 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.wait_log(&["Telegram bot identified"]).await;
     let chat = -1001234;
     // Not addressed: ignored.
     assert_eq!(post_update(&d, Some(SECRET), group_text(300, chat, None, "just chatting", json!([]))).await, 200);
@@ -126,9 +135,12 @@ async fn groups_answer_only_when_addressed_with_the_mention_stripped() {
     reply["message"]["reply_to_message"] = json!({"message_id": 5, "date": 1, "chat": {"id": chat, "type": "supergroup"},
         "from": {"id": telegram_fake::BOT_ID, "is_bot": true, "first_name": "Switchboard", "username": BOT_USERNAME}, "text": "earlier answer"});
     assert_eq!(post_update(&d, Some(SECRET), reply).await, 200);
-    fake.wait_calls("sendMessage", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.calls("sendMessage").len(), 3, "the unaddressed message got no answer");
+    // The sentinel: this reply is in the same conversation as the unaddressed message (the
+    // group, no topic) and came later, so had that one been answered, it would be by now.
+    fake.wait_reply_to(3030).await;
+    let sent = fake.calls("sendMessage");
+    assert_eq!(sent.len(), 3, "the unaddressed message got no answer: {sent:?}");
+    assert!(fake.replies_to(3000).is_empty(), "{sent:?}");
     // What the model saw: the mention is gone.
     let key = format!("telegram%3Amain%3A{chat}%3At77");
     let (s, b) = d.admin_get(&format!("/admin/v1/conversations/{key}/messages"), "viewer-token").await;
@@ -248,8 +260,11 @@ async fn rate_limit_answer_is_honoured() {
     fake.fail_next_send(Fault::Forbidden);
     assert_eq!(post_update(&d, Some(SECRET), private_text(601, 7602, "blocked")).await, 200);
     d.wait_metric("switchboard_egress_sends_total{platform=\"telegram\",account=\"main\",outcome=\"permanent_error\"}", |v| v == 1.0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Egress retries happen inside a delivery, which ends before its inbox row is finished: once
+    // the inbox is empty, the failed delivery is over and no retry can follow.
+    d.wait_inbox_empty().await;
     assert_eq!(fake.calls("sendMessage").iter().filter(|c| c.body["chat_id"] == 7602).count(), 1);
+    assert_eq!(d.metric("switchboard_egress_sends_total{platform=\"telegram\",account=\"main\",outcome=\"ok\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,11 +283,19 @@ async fn polling_survives_a_poller_restart_without_losing_or_repeating_updates()
     d.wait_metric("switchboard_actor_restarts_total{actor=\"ingress.telegram.main\"}", |v| v >= 1.0).await;
     fake.push_update(private_text(903, 7903, "after the restart"));
     fake.wait_calls("sendMessage", 4).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let sent = fake.calls("sendMessage");
-    for chat in [7900, 7901, 7902, 7903] {
-        assert_eq!(sent.iter().filter(|c| c.body["chat_id"] == chat).count(), 1, "chat {chat}: {sent:?}");
+    // Sentinels: one more update per chat, delivered after every re-delivery. Had an update been
+    // answered twice, the second answer would come before the sentinel of its chat.
+    for (i, chat) in [7900, 7901, 7902, 7903].into_iter().enumerate() {
+        fake.push_update(private_text(904 + i as i64, chat, "sentinel"));
     }
-    assert_eq!(sent.len(), 4);
+    for i in 0..4 {
+        fake.wait_reply_to((904 + i) * 10).await;
+    }
+    let sent = fake.calls("sendMessage");
+    for (i, chat) in [7900, 7901, 7902, 7903].into_iter().enumerate() {
+        assert_eq!(fake.replies_to((900 + i as i64) * 10).len(), 1, "chat {chat}: {sent:?}");
+        assert_eq!(sent.iter().filter(|c| c.body["chat_id"] == chat).count(), 2, "chat {chat}: {sent:?}");
+    }
+    assert_eq!(sent.len(), 8);
     assert!(!d.log_text().contains("Replaying messages"), "nothing of this run may be replayed as if left over");
 }

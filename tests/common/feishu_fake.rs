@@ -188,6 +188,28 @@ impl FakeFeishu {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Reply calls answering the user's message `message_id`.
+    pub fn replies_to(&self, message_id: &str) -> Vec<Reply> {
+        self.replies().into_iter().filter(|r| r.message_id == message_id).collect()
+    }
+
+    /// Waits until the user's message `message_id` was answered, and returns that reply call.
+    /// A sentinel: messages of a conversation (a chat) are handled strictly in order, so once a
+    /// later message of the same chat is answered, every earlier one was handled and any answer
+    /// to it was handed to egress first, so it was already sent.
+    pub async fn wait_reply_to(&self, message_id: &str) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = self.replies_to(message_id).into_iter().next() {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                panic!("no answer to message {message_id}; reply calls: {:?}", self.replies());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// AES-256-CBC encryption as Feishu does it: key = SHA-256(encrypt key), random IV prefixed,

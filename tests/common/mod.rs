@@ -28,6 +28,10 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// How long after a moment a `switchboard_inbox_depth` reading is surely from a refresh that
+/// started after it: the daemon refreshes the gauge every 2 s (plus the query time).
+const INBOX_GAUGE_FRESH: Duration = Duration::from_millis(3000);
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     child: Child,
@@ -152,6 +156,36 @@ impl Daemon {
             }
             assert!(Instant::now() < deadline, "metric {prefix} stuck at {v}");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the durable inbox holds no pending row, i.e. every message accepted before
+    /// this call was finished: answered and its delivery reported by egress (after any send
+    /// retries), or rejected, or dead-lettered. The `switchboard_inbox_depth` gauge is refreshed
+    /// every 2 s, so a 0 read right away may predate this call; only a 0 read more than one
+    /// refresh period after the call started counts.
+    pub async fn wait_inbox_empty(&self) {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            let depth = self.metric("switchboard_inbox_depth").await;
+            if depth == 0.0 && started.elapsed() >= INBOX_GAUGE_FRESH {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the inbox never emptied: depth {depth}; logs:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a log line containing every one of `needles` and returns it.
+    pub async fn wait_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.logs.lock().unwrap().iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?}; logs:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

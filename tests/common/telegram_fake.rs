@@ -103,6 +103,29 @@ impl FakeTelegram {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// `sendMessage` calls that reply to the user's message `message_id` (the first part of an
+    /// answer carries `reply_parameters`).
+    pub fn replies_to(&self, message_id: i64) -> Vec<Call> {
+        self.calls("sendMessage").into_iter().filter(|c| c.body["reply_parameters"]["message_id"] == message_id).collect()
+    }
+
+    /// Waits until the answer to the user's message `message_id` was sent, and returns that
+    /// `sendMessage` call. A sentinel: messages of a conversation are handled strictly in order,
+    /// so once a later message of the same chat is answered, every earlier one was handled and
+    /// any answer to it was handed to egress first, so it was already sent.
+    pub async fn wait_reply_to(&self, message_id: i64) -> Call {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.replies_to(message_id).into_iter().next() {
+                return c;
+            }
+            if Instant::now() >= deadline {
+                panic!("no answer to message {message_id}; sendMessage calls: {:?}", self.calls("sendMessage"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn ok(result: Value) -> warp::reply::Response {
