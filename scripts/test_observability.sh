@@ -197,6 +197,12 @@ cat >"$WORK/switchboard.toml" <<EOF
 listen = "127.0.0.1:0"
 shutdown_grace_secs = 2
 
+[api]
+allow_anonymous = true
+
+[limits]
+user_per_minute = 0
+
 [model]
 path = "$ROOT/models/tiny"
 
@@ -246,6 +252,7 @@ api_base = "$TG_API"
 
 [[feishu]]
 account = "obs-fs"
+allow_unsigned = true
 app_id = "$FS_APP_ID"
 app_secret = "$FS_APP_SECRET"
 verification_token = "$FS_VERIFICATION_TOKEN"

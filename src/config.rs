@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchboard_actors::inference::InferenceConfig;
+use switchboard_actors::ingress::limits::LimitsConfig;
 use switchboard_actors::platforms::config::{FeishuConfig, TelegramConfig};
 use switchboard_actors::session::{InboxConfig, SessionConfig};
 use switchboard_actors::supervisor::SupervisionConfig;
@@ -27,6 +28,9 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub storage: StorageConfig,
     pub admin: AdminConfig,
+    pub api: ApiConfig,
+    /// `[limits]`: per-user rate limits on the chat platforms.
+    pub limits: LimitsConfig,
     /// `[[telegram]]`: Telegram bots.
     pub telegram: Vec<TelegramConfig>,
     /// `[[feishu]]`: Feishu / Lark apps.
@@ -145,6 +149,35 @@ pub struct AdminToken {
 pub struct AdminConfig {
     /// `[[admin.tokens]]` entries; with none, every admin route answers 401.
     pub tokens: Vec<AdminToken>,
+}
+
+/// `[api]`: who may use the chat API (`POST /api/v1/chat`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Accept requests without an API key; they share one conversation namespace. Meant for
+    /// local use (the default config sets it on 127.0.0.1); `check-config` warns when it is on
+    /// with a non-loopback `server.listen`. Default: false.
+    pub allow_anonymous: bool,
+    /// `[[api.keys]]`: bearer API keys. Each key's conversations live in a namespace of its own.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One chat API key. Only its SHA-256 is configured; the key itself never is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The client's name: its conversation namespace, metric label and log field.
+    pub name: String,
+    /// Hex SHA-256 of the bearer key (`printf %s KEY | sha256sum`).
+    pub key_sha256: String,
+    /// Most requests per minute with this key (a token bucket; over it: 429 with
+    /// `Retry-After`). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<u32>,
+    /// Model backends this key may use (empty: all). This build has one backend, `local`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
 }
 
 /// Log output format.
@@ -266,9 +299,48 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("`admin.tokens[{i}].name` must not be empty")));
             }
         }
+        self.validate_api()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("`log.level` is not a valid filter ({e}). Given: {:?}", self.log.level)))?;
         Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, k) in self.api.keys.iter().enumerate() {
+            if k.key_sha256.len() != 64 || !k.key_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "`api.keys[{i}].key_sha256` must be 64 hex digits (the SHA-256 of the key, not the key)"
+                )));
+            }
+            let valid_name =
+                !k.name.is_empty() && k.name.len() <= 64 && k.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid_name {
+                return Err(ConfigError::Invalid(format!("`api.keys[{i}].name` must be 1-64 of A-Z a-z 0-9 - _ . Given: {:?}", k.name)));
+            }
+            if !names.insert(k.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("`api.keys[{i}].name` {:?} is used twice", k.name)));
+            }
+            if k.rate_per_minute == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "`api.keys[{i}].rate_per_minute` must be at least 1 (or unset for no limit). Given: 0"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings about a valid but risky configuration (printed by `check-config`, logged at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let loopback = self.server.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        if self.api.allow_anonymous && !loopback {
+            w.push(format!(
+                "`api.allow_anonymous = true` with `server.listen` = {:?}: anyone who can reach this address can use the chat API and the model; configure `[[api.keys]]` instead",
+                self.server.listen
+            ));
+        }
+        w
     }
 
     /// The effective configuration as TOML, with secrets masked.

@@ -26,7 +26,9 @@ use switchboard_actors::telemetry;
 use switchboard_actors::tree::{self, TreeConfig};
 
 use crate::config::{Config, LogFormat};
+use crate::http::auth::AuthFailures;
 use crate::http::{self, AppState, BodyLimits};
+use switchboard_actors::ingress::limits::RateLimiter;
 
 /// Sets up `tracing`: text or JSON lines, filtered by `log.level` unless `RUST_LOG` is set.
 pub fn init_logging(cfg: &Config) {
@@ -64,6 +66,9 @@ fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 
 /// Runs the daemon until SIGTERM/SIGINT (exit code 0) or until the tree gives up (error).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let prometheus = init_metrics()?;
     telemetry::register_known_series(cfg.inference.workers, cfg.inference.max_queue);
     let process = metrics_process::Collector::default();
@@ -75,7 +80,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started_ms = switchboard_actors::store::now_ms();
     let node = cfg.storage.node();
     tracing::info!(backend = store.backend(), node = %node, "Opened the store.");
-    let ingress = Ingress::new(store.clone(), node.clone());
+    let ingress = Ingress::new(store.clone(), node.clone(), &cfg.limits);
     let platforms = start_platforms(&cfg, &ingress)?;
     let upkeep_handle = prometheus.clone();
     let tree = tree::start(TreeConfig {
@@ -111,6 +116,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         store: store.clone(),
         node: node.clone(),
         admin_tokens: cfg.admin.tokens.clone(),
+        api: cfg.api.clone(),
+        api_limits: cfg.api.keys.iter().filter_map(|k| Some((k.name.clone(), RateLimiter::per_minute(k.rate_per_minute?)))).collect(),
+        auth_failures: AuthFailures::start(store.clone()),
         telegram: platforms.telegram,
         feishu: platforms.feishu,
     });

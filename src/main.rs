@@ -55,6 +55,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match load(config) {
             Ok(cfg) => {
                 print!("{}", cfg.to_masked_toml());
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

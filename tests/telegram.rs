@@ -76,8 +76,8 @@ async fn bad_secret_is_refused_and_nothing_is_answered() {
     assert_eq!(sent_all.len(), 3, "only the right secret and the sentinels are answered: {sent_all:?}");
     assert!(fake.replies_to(10).is_empty() && fake.replies_to(20).is_empty(), "{sent_all:?}");
     assert_eq!(d.metric("switchboard_platform_rejected_total{platform=\"telegram\",account=\"main\",reason=\"bad_secret\"}").await, 2.0);
-    // Unknown account.
-    let r = d
+    // An unknown account answers exactly like a wrong secret: account names cannot be enumerated.
+    let unknown = d
         .client
         .post(d.url("/webhook/telegram/other"))
         .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
@@ -85,7 +85,18 @@ async fn bad_secret_is_refused_and_nothing_is_answered() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(unknown.status(), 401);
+    let unknown = unknown.text().await.unwrap();
+    let wrong = d
+        .client
+        .post(d.url("/webhook/telegram/main"))
+        .header("X-Telegram-Bot-Api-Secret-Token", "wrong")
+        .json(&private_text(7, 1, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.text().await.unwrap(), unknown, "one 401 body for every authentication failure");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,8 @@ label_enum!(
         Malformed => "malformed",
         /// A Telegram group became a supergroup.
         Migrated => "migrated",
+        /// The sender is over `limits.user_per_minute`; not answered.
+        RateLimited => "rate_limited",
     }
 );
 
@@ -102,6 +104,8 @@ pub const EGRESS_RATE_LIMITED: &str = "switchboard_egress_rate_limited_total";
 pub const EGRESS_SEND_DURATION: &str = "switchboard_egress_send_duration_seconds";
 pub const FEISHU_TOKEN_REFRESHES: &str = "switchboard_feishu_token_refreshes_total";
 pub const MAILBOX_DEPTH: &str = "switchboard_actor_mailbox_depth";
+pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
+pub const RATE_LIMITED: &str = "switchboard_rate_limited_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -147,6 +151,8 @@ pub fn describe() {
     describe_histogram!(EGRESS_SEND_DURATION, Unit::Seconds, "Duration of one send call to a platform.");
     describe_counter!(FEISHU_TOKEN_REFRESHES, "Feishu tenant access token fetches, by account.");
     describe_gauge!(MAILBOX_DEPTH, "Messages waiting in the mailbox of the busiest actors (sessions.router, inference.batcher).");
+    describe_counter!(AUTH_FAILURES, "Failed authentications, by surface (api, admin, webhook) and reason.");
+    describe_counter!(RATE_LIMITED, "Messages and requests refused by a rate limit, by platform and reason (api_key, user).");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -250,6 +256,13 @@ pub fn register_known_series(workers: usize, max_queue: usize) {
         counter!(SUPERVISOR_ESCALATIONS, "supervisor" => sup).absolute(0);
     }
     counter!(INBOX_RETRIES).absolute(0);
+    for (surface, reason) in [("api", "missing_key"), ("api", "unknown_key"), ("admin", "unknown_token"), ("webhook", "unknown_account")] {
+        counter!(AUTH_FAILURES, "surface" => surface, "reason" => reason).absolute(0);
+    }
+    counter!(RATE_LIMITED, "platform" => Platform::Http.as_str(), "reason" => "api_key").absolute(0);
+    for platform in [Platform::Telegram, Platform::Feishu] {
+        counter!(RATE_LIMITED, "platform" => platform.as_str(), "reason" => "user").absolute(0);
+    }
     for outcome in ["ok", "unauthorized", "forbidden", "error"] {
         counter!(ADMIN_REQUESTS, "outcome" => outcome).absolute(0);
     }
@@ -265,6 +278,14 @@ pub fn platform_update(platform: Platform, account: &str, kind: &'static str, ou
 
 /// A webhook request refused before anything was processed; `reason` comes from a typed
 /// rejection (`bad_secret`, `bad_signature`, …).
+pub fn auth_failed(surface: &'static str, reason: &'static str) {
+    counter!(AUTH_FAILURES, "surface" => surface, "reason" => reason).increment(1);
+}
+
+pub fn rate_limited(platform: Platform, reason: &'static str) {
+    counter!(RATE_LIMITED, "platform" => platform.as_str(), "reason" => reason).increment(1);
+}
+
 pub fn platform_rejected(platform: Platform, account: &str, reason: &'static str) {
     counter!(PLATFORM_REJECTED, "platform" => platform.as_str(), "account" => account.to_string(), "reason" => reason).increment(1);
 }

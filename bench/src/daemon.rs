@@ -93,7 +93,7 @@ fn toml_str(s: &str) -> String {
 /// The scenario's config file.
 fn config_text(args: &Args, model: &Path, ort_lib: &Path, db_path: &Path, max_batch: usize, max_wait_ms: u64) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\npath = {model}\nonnxruntime_lib = {lib}\n\n[storage]\npath = {db}\n\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[api]\nallow_anonymous = true\n\n[model]\npath = {model}\nonnxruntime_lib = {lib}\n\n[storage]\npath = {db}\n\n\
          [inference]\nworkers = 1\nintra_op_threads = {threads}\nmax_batch = {max_batch}\nmax_wait_ms = {max_wait_ms}\n\
          max_queue = 1024\nrequest_timeout_ms = 300000\nmax_new_tokens = {new}\nexecution_provider = \"cpu\"\n\n\
          [sessions]\nsystem_prompt = \"\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,switchboard::daemon=info\"\n",

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use switchboard_actors::session::evict;
 use switchboard_actors::store::ConversationInfo;
 use switchboard_actors::{ingress, telemetry};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::{bearer, find_by_sha256};
 use super::{ApiError, AppState, with_state};
 use crate::config::{AdminToken, Role};
 
@@ -25,15 +24,7 @@ pub struct Principal {
 /// Finds the configured token whose hash matches `presented` (comparing every entry in
 /// constant time).
 pub fn authenticate(tokens: &[AdminToken], presented: &str) -> Option<Principal> {
-    let digest = hex::encode(Sha256::digest(presented.as_bytes()));
-    let mut found = None;
-    for t in tokens {
-        let equal: bool = t.token_sha256.to_ascii_lowercase().as_bytes().ct_eq(digest.as_bytes()).into();
-        if equal && found.is_none() {
-            found = Some(Principal { name: t.name.clone(), role: t.role });
-        }
-    }
-    found
+    find_by_sha256(tokens, presented, |t| &t.token_sha256).map(|t| Principal { name: t.name.clone(), role: t.role })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,10 +43,11 @@ fn limit(q: Option<i64>) -> Result<i64, ApiError> {
 
 /// Checks the bearer token and role; unauthorized and forbidden attempts are audited too.
 async fn authorize(state: &AppState, header: Option<String>, need: Role, action: &str) -> Result<Principal, Rejection> {
-    let token = header.as_deref().and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim);
-    let Some(principal) = token.and_then(|t| authenticate(&state.admin_tokens, t)) else {
+    let Some(principal) = bearer(header.as_deref()).and_then(|t| authenticate(&state.admin_tokens, t)) else {
         telemetry::admin_request("unauthorized");
-        state.audit("anonymous", "admin.unauthorized", action, "missing or unknown bearer token").await;
+        let reason = if header.is_some() { "unknown_token" } else { "missing_token" };
+        tracing::debug!(action, reason, "Refused an admin request without a valid token.");
+        state.auth_failures.record("admin", "anonymous".into(), "admin.unauthorized", reason);
         return Err(warp::reject::custom(ApiError::Unauthorized));
     };
     if principal.role < need {
@@ -173,6 +165,8 @@ async fn replay_dead_letter(id: String, st: Arc<AppState>, h: Option<String>) ->
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     #[test]

@@ -17,7 +17,8 @@ use switchboard_actors::telemetry::{self, AnswerOutcome};
 use tokio::sync::{mpsc, oneshot};
 use warp::{Filter, Rejection, Reply};
 
-use super::{ApiError, AppState, body_within, with_state};
+use super::{ApiError, AppState, auth, body_within, with_state};
+use switchboard_actors::ingress::limits::Admit;
 
 /// Body of `POST /api/v1/chat`.
 #[derive(Debug, Deserialize)]
@@ -73,6 +74,7 @@ pub fn route(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respon
     warp::path!("api" / "v1" / "chat")
         .and(warp::post())
         .and(with_state(state))
+        .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-type"))
         .and(body_within(limit))
         .and_then(chat)
@@ -89,8 +91,9 @@ fn check(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and checks a chat body into the message and whether to stream.
-fn parse(body: &[u8]) -> Result<(Inbound, bool), ApiError> {
+/// Parses and checks a chat body into the message and whether to stream (public for the
+/// fuzzer).
+pub fn parse(body: &[u8]) -> Result<(Inbound, bool), ApiError> {
     let b: ChatBody = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     check("conversation", &b.conversation, 256)?;
     check("user", &b.user, 256)?;
@@ -111,8 +114,9 @@ fn parse(body: &[u8]) -> Result<(Inbound, bool), ApiError> {
     options.validate().map_err(ApiError::BadRequest)?;
     let inbound = Inbound {
         platform: Platform::Http,
-        account: "api".into(),
+        account: switchboard_actors::ingress::ANONYMOUS_ACCOUNT.into(),
         conversation: format!("http:{}", b.conversation),
+        sender_id: b.user.clone(),
         user: b.user,
         content: Content::Text(b.text),
         message_id: b.message_id,
@@ -131,15 +135,46 @@ fn check_content_type(content_type: Option<String>) -> Result<(), ApiError> {
     if ok { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
 }
 
-async fn chat(state: Arc<AppState>, content_type: Option<String>, body: Bytes) -> Result<warp::reply::Response, Rejection> {
+/// Authenticates the caller and applies its rate limit: the API key's name, or `None` for an
+/// anonymous caller (where allowed).
+fn authenticate(state: &AppState, authorization: Option<&str>) -> Result<Option<String>, ApiError> {
+    let key = match auth::api_principal(&state.api, authorization) {
+        Ok(key) => key,
+        Err(reason) => {
+            state.auth_failures.record("api", "anonymous".into(), "api.unauthorized", reason);
+            return Err(ApiError::Unauthorized);
+        }
+    };
+    let Some(key) = key else { return Ok(None) };
+    auth::may_use_local(key)?;
+    if let Some(limiter) = state.api_limits.get(&key.name) {
+        if let Admit::No { retry_after, .. } = limiter.check(&(), std::time::Instant::now()) {
+            telemetry::rate_limited(Platform::Http, "api_key");
+            return Err(ApiError::RateLimited(retry_after));
+        }
+    }
+    Ok(Some(key.name.clone()))
+}
+
+async fn chat(
+    state: Arc<AppState>,
+    authorization: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Result<warp::reply::Response, Rejection> {
     if state.is_shutting_down() {
         return Err(ApiError::ShuttingDown.reject());
     }
+    let key = authenticate(&state, authorization.as_deref()).map_err(ApiError::reject)?;
     if !state.is_ready() {
         return Err(ApiError::NotReady.reject());
     }
     check_content_type(content_type).map_err(ApiError::reject)?;
     let (inbound, stream) = parse(&body).map_err(ApiError::reject)?;
+    let inbound = match key {
+        Some(name) => inbound.for_api_key(&name),
+        None => inbound,
+    };
     let (reply_tx, reply_rx) = oneshot::channel();
     let (deltas_tx, deltas_rx) = if stream {
         let (tx, rx) = mpsc::unbounded_channel();

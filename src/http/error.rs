@@ -40,9 +40,17 @@ pub enum ApiError {
     NoSuch(String),
     #[error("storage error: {0}")]
     Storage(String),
-    /// A Feishu event request that failed a check before anything was processed.
+    /// A Feishu event request that was authenticated but cannot be read.
     #[error("{0}")]
     FeishuRejected(FeishuRejection),
+    /// A platform webhook request that failed authentication. One body for every reason
+    /// (unknown account, wrong secret, bad signature, stale timestamp): the reason goes to
+    /// metrics and logs, never to the caller.
+    #[error("the request could not be authenticated")]
+    WebhookUnauthorized,
+    /// Over the caller's rate limit; try again after the given time.
+    #[error("too many requests; retry after {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -65,15 +73,11 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::WebhookUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
-            ApiError::FeishuRejected(r) => match r {
-                FeishuRejection::BadJson | FeishuRejection::Undecryptable | FeishuRejection::EncryptedButNoKey => {
-                    (StatusCode::BAD_REQUEST, "bad_request")
-                }
-                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            },
+            ApiError::FeishuRejected(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Chat(e) => chat_status(e),
         }
     }
@@ -97,6 +101,10 @@ impl ApiError {
         let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited(wait) = &self {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut().insert("retry-after", HeaderValue::from(secs.max(1)));
         }
         if matches!(self, ApiError::Chat(ChatError::Inference(InferenceError::Busy(_)))) {
             resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));

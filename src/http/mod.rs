@@ -3,6 +3,7 @@
 //! [`ApiError`], mapped to a status in one function and answered by one [`recover`].
 
 pub mod admin;
+pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod state;

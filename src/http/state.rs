@@ -11,7 +11,9 @@ use switchboard_actors::ingress::feishu::FeishuApp;
 use switchboard_actors::ingress::telegram::TelegramBot;
 use switchboard_actors::store::Store;
 
-use crate::config::AdminToken;
+use super::auth::AuthFailures;
+use crate::config::{AdminToken, ApiConfig};
+use switchboard_actors::ingress::limits::RateLimiter;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
@@ -37,6 +39,12 @@ pub struct AppState {
     pub node: String,
     /// Admin API tokens.
     pub admin_tokens: Vec<AdminToken>,
+    /// Chat API keys and whether anonymous use is allowed.
+    pub api: ApiConfig,
+    /// Rate limits of the API keys that have one, by key name.
+    pub api_limits: HashMap<String, RateLimiter<()>>,
+    /// Failed authentications, counted and audited in aggregate.
+    pub auth_failures: AuthFailures,
     /// Telegram bots by account.
     pub telegram: HashMap<String, Arc<TelegramBot>>,
     /// Feishu / Lark apps by account.

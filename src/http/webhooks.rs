@@ -37,6 +37,18 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (warp::reply::Respo
     telegram.or(feishu).unify()
 }
 
+/// A failed webhook authentication: the same 401 for every reason; the reason is counted
+/// (`switchboard_platform_rejected_total`, `switchboard_auth_failures_total`), logged at debug
+/// and audited in aggregate.
+fn unauthorized(state: &AppState, platform: Platform, account: &str, reason: &'static str) -> Rejection {
+    // An unknown account name is caller input: keep it out of metric labels.
+    let label = if reason == "unknown_account" { "unknown" } else { account };
+    telemetry::platform_rejected(platform, label, reason);
+    tracing::debug!(%platform, account = label, reason, "Refused a webhook request that failed authentication.");
+    state.auth_failures.record("webhook", format!("webhook:{platform}:{label}"), "webhook.rejected", reason);
+    ApiError::WebhookUnauthorized.reject()
+}
+
 fn ok_json(body: serde_json::Value) -> warp::reply::Response {
     warp::reply::json(&body).into_response()
 }
@@ -48,7 +60,7 @@ async fn feishu(
     body: Bytes,
 ) -> Result<warp::reply::Response, Rejection> {
     let Some(app) = state.feishu.get(&account) else {
-        return Err(ApiError::NoSuch(format!("feishu account {account:?}")).reject());
+        return Err(unauthorized(&state, Platform::Feishu, &account, "unknown_account"));
     };
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let rh =
@@ -58,12 +70,10 @@ async fn feishu(
             Ok(warp::reply::with_header(challenge_response(&c), "content-type", "application/json").into_response())
         }
         EventAnswer::Ok => Ok(ok_json(serde_json::json!({}))),
+        EventAnswer::Rejected(r) if r.is_authentication() => Err(unauthorized(&state, Platform::Feishu, app.account(), r.reason())),
         EventAnswer::Rejected(r) => {
-            let error = ApiError::FeishuRejected(r);
-            if error.status_and_code().0 == warp::http::StatusCode::UNAUTHORIZED {
-                state.audit(&format!("webhook:feishu:{}", app.account()), "webhook.rejected", r.reason(), &r.to_string()).await;
-            }
-            Err(error.reject())
+            telemetry::platform_rejected(Platform::Feishu, app.account(), r.reason());
+            Err(ApiError::FeishuRejected(r).reject())
         }
     }
 }
@@ -79,15 +89,10 @@ fn parse_update(body: &[u8]) -> Result<Option<Update>, ApiError> {
 }
 
 async fn telegram(account: String, state: Arc<AppState>, secret: Option<String>, body: Bytes) -> Result<warp::reply::Response, Rejection> {
-    let Some(bot) = state.telegram.get(&account) else {
-        return Err(ApiError::NoSuch(format!("telegram account {account:?}")).reject());
+    let Some(bot) = state.telegram.get(&account).filter(|b| b.secret_matches(secret.as_deref())) else {
+        let reason = if state.telegram.contains_key(&account) { "bad_secret" } else { "unknown_account" };
+        return Err(unauthorized(&state, Platform::Telegram, &account, reason));
     };
-    if !bot.secret_matches(secret.as_deref()) {
-        telemetry::platform_rejected(Platform::Telegram, bot.account(), "bad_secret");
-        let actor = format!("webhook:telegram:{}", bot.account());
-        state.audit(&actor, "webhook.rejected", "bad_secret", "missing or wrong X-Telegram-Bot-Api-Secret-Token").await;
-        return Err(ApiError::Unauthorized.reject());
-    }
     let update = parse_update(&body)
         .inspect_err(|_| telemetry::platform_rejected(Platform::Telegram, bot.account(), "bad_json"))
         .map_err(ApiError::reject)?;

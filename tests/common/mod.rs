@@ -60,7 +60,7 @@ impl Daemon {
         // `extra` may pick another model with a `#model: NAME` line.
         let model = extra.lines().find_map(|l| l.strip_prefix("#model: ")).unwrap_or("tiny");
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 20\n\n[model]\npath = \"{}\"\nonnxruntime_lib = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 20\n\n[api]\nallow_anonymous = true\n\n[limits]\nuser_per_minute = 0\n\n[model]\npath = \"{}\"\nonnxruntime_lib = \"{}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
             if model.starts_with('/') { PathBuf::from(model) } else { root.join("models").join(model) }.display(),
             root.join("runtime/libonnxruntime.so").display(),
         );

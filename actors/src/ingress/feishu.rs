@@ -58,6 +58,9 @@ impl FeishuApp {
 
     /// Learns the bot's open_id when the config does not give it.
     pub async fn init(&self) {
+        if self.config.encrypt_key.is_none() {
+            tracing::warn!(account = %self.config.account, "Feishu events of this account are not signed (`allow_unsigned = true`): anyone who knows the verification token can forge them.");
+        }
         if self.bot_open_id.read().expect("lock").is_some() {
             return;
         }
@@ -83,10 +86,8 @@ impl FeishuApp {
                 telemetry::platform_update(PLATFORM, account, "url_verification", UpdateOutcome::Handled);
                 return Ok(EventAnswer::Challenge(challenge));
             }
-            Err(r) => {
-                telemetry::platform_rejected(PLATFORM, account, r.reason());
-                return Ok(EventAnswer::Rejected(r));
-            }
+            // Counted by the webhook route, which answers it.
+            Err(r) => return Ok(EventAnswer::Rejected(r)),
         };
         let verdict = self.verdict(&ev);
         self.ingress.admit(PLATFORM, account, verdict).await?;
@@ -124,6 +125,7 @@ impl FeishuApp {
             platform: PLATFORM,
             account: self.account().to_string(),
             conversation,
+            sender_id: msg.sender_open_id.clone(),
             user: msg.sender_open_id,
             content,
             message_id: Some(ev.event_id.clone()),

@@ -9,6 +9,7 @@
 //! [`Inbound`] or an ignore reason; the protocol code they use lives in `crate::platforms`.
 
 pub mod feishu;
+pub mod limits;
 pub mod row;
 pub mod telegram;
 
@@ -16,11 +17,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::egress::{DeliveryKey, Egress};
 use crate::inference::GenerateOptions;
 use crate::message::{Content, Platform, ReplyTarget};
 use crate::session::{Caller, ChatError, ChatRequest, GroupScope, conversation_key, route_message};
 use crate::store::{Accepted, InboxEntry, Store, StoreError};
 use crate::telemetry::{self, UpdateOutcome};
+use limits::{Admit, LimitsConfig, RateLimiter};
 
 /// One message as every adapter produces it: authenticated, parsed, addressed.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +35,8 @@ pub struct Inbound {
     pub conversation: String,
     /// Who wrote it (display name or platform user id).
     pub user: String,
+    /// The sender's stable platform id (rate limits; may equal `user`).
+    pub sender_id: String,
     /// What it says.
     pub content: Content,
     /// The platform's id of this message, for de-duplication of re-deliveries (Telegram
@@ -45,14 +50,28 @@ pub struct Inbound {
     pub kind: &'static str,
 }
 
+/// The HTTP API's account for requests without a key (`api.allow_anonymous`).
+pub const ANONYMOUS_ACCOUNT: &str = "api";
+
 impl Inbound {
     /// The inbox de-duplication key: platform, account and platform message id.
     pub fn dedup_key(&self) -> Option<String> {
         let id = self.message_id.as_deref()?;
         Some(match self.platform {
-            Platform::Http => format!("http:{id}"),
+            Platform::Http if self.account == ANONYMOUS_ACCOUNT => format!("http:{id}"),
+            Platform::Http => format!("http@{}:{id}", self.account),
             p => format!("{p}:{}:{id}", self.account),
         })
+    }
+
+    /// Moves an HTTP API message into the namespace of API key `key`: its own account,
+    /// conversations (`http@KEY:ID`, which no anonymous id can name) and de-dup keys.
+    pub fn for_api_key(mut self, key: &str) -> Self {
+        if let Some(id) = self.conversation.strip_prefix("http:") {
+            self.conversation = format!("http@{key}:{id}");
+        }
+        self.account = key.to_string();
+        self
     }
 }
 
@@ -109,16 +128,43 @@ impl ChatPolicy {
     }
 }
 
-/// The accept path's handle: the store and this node's name.
+/// Per-user limits of platform messages (`[limits]`).
+struct UserLimits {
+    limiter: RateLimiter<(Platform, String, String)>,
+    slow_down_reply: String,
+}
+
+/// The accept path's handle: the store, this node's name and the per-user limits.
 #[derive(Clone)]
 pub struct Ingress {
     store: Arc<dyn Store>,
     node: String,
+    /// `None`: no per-user limit (`limits.user_per_minute = 0`).
+    limits: Option<Arc<UserLimits>>,
 }
 
 impl Ingress {
-    pub fn new(store: Arc<dyn Store>, node: String) -> Self {
-        Self { store, node }
+    pub fn new(store: Arc<dyn Store>, node: String, limits: &LimitsConfig) -> Self {
+        let limits = (limits.user_per_minute > 0).then(|| {
+            Arc::new(UserLimits {
+                limiter: RateLimiter::per_minute(limits.user_per_minute),
+                slow_down_reply: limits.slow_down_reply.clone(),
+            })
+        });
+        Self { store, node, limits }
+    }
+
+    /// Whether the sender of a platform message is within its limit; over it, the user is told
+    /// to slow down (at most once a minute) and the message is dropped (acknowledged, counted).
+    fn within_user_limit(&self, m: &Inbound) -> bool {
+        let Some(limits) = &self.limits else { return true };
+        let key = (m.platform, m.account.clone(), m.sender_id.clone());
+        let Admit::No { notify, .. } = limits.limiter.check(&key, std::time::Instant::now()) else { return true };
+        telemetry::rate_limited(m.platform, "user");
+        if let Some(egress) = notify.then(|| Egress::of(m.platform, &m.account)).flatten() {
+            egress.reply(m.reply_to.clone(), limits.slow_down_reply.clone(), DeliveryKey::for_inbox(None), None);
+        }
+        false
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -153,6 +199,10 @@ impl Ingress {
     /// Carries out an adapter's verdict: accepts the message or counts why it was ignored.
     pub async fn admit(&self, platform: Platform, account: &str, verdict: Verdict) -> Result<UpdateOutcome, AcceptError> {
         match verdict {
+            Verdict::Accept(inbound) if !self.within_user_limit(&inbound) => {
+                telemetry::platform_update(platform, account, inbound.kind, UpdateOutcome::RateLimited);
+                Ok(UpdateOutcome::RateLimited)
+            }
             Verdict::Accept(inbound) => Ok(match self.accept(inbound, None).await? {
                 Accepted::New(_) => UpdateOutcome::Handled,
                 Accepted::Duplicate(_) => UpdateOutcome::Duplicate,

@@ -69,11 +69,10 @@ impl TelegramBot {
         }
     }
 
-    /// Checks the webhook secret header in constant time.
+    /// Checks the webhook secret header in constant time (lengths included).
     pub fn secret_matches(&self, presented: Option<&str>) -> bool {
-        use subtle::ConstantTimeEq;
         match (&self.config.secret_token, presented) {
-            (Some(expected), Some(p)) => expected.as_bytes().ct_eq(p.as_bytes()).into(),
+            (Some(expected), Some(p)) => crate::platforms::secrets_equal(expected.as_bytes(), p.as_bytes()),
             _ => false,
         }
     }
@@ -106,6 +105,7 @@ impl TelegramBot {
             account: self.account().to_string(),
             conversation,
             user: incoming.user_name,
+            sender_id: user_id,
             content: Content::Text(incoming.text),
             message_id: Some(incoming.update_id.to_string()),
             reply_to: ReplyTarget::Telegram {

@@ -16,7 +16,7 @@ use crate::store::SqlStore;
 async fn ingress() -> (Ingress, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqlStore::sqlite(&dir.path().join("t.db")).await.unwrap();
-    (Ingress::new(Arc::new(store), "node-a".into()), dir)
+    (Ingress::new(Arc::new(store), "node-a".into(), &limits::LimitsConfig { user_per_minute: 0, ..Default::default() }), dir)
 }
 
 fn telegram_bot(ingress: &Ingress, extra: serde_json::Value, scope: GroupScope) -> TelegramBot {

@@ -133,9 +133,15 @@ pub struct FeishuConfig {
     pub app_secret_env: Option<String>,
     /// Verification Token from the app's Event Subscriptions page.
     pub verification_token: String,
-    /// Encrypt Key from the same page (optional; recommended).
+    /// Encrypt Key from the same page. Required: with it every event is signed and carries a
+    /// timestamp (replay window); without it the static verification token, present in every
+    /// event body, is all that authenticates a request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypt_key: Option<String>,
+    /// Accept unsigned events (no `encrypt_key`): only the verification token is checked and
+    /// there is no replay window. Off by default; a warning is logged at start when on.
+    #[serde(default)]
+    pub allow_unsigned: bool,
     /// `https://open.feishu.cn`, or `https://open.larksuite.com` for Lark.
     #[serde(default = "default_feishu_api")]
     pub api_base: String,
@@ -179,6 +185,13 @@ impl FeishuConfig {
         }
         if self.verification_token.is_empty() {
             return Err(format!("`{}` must not be empty", k("verification_token")));
+        }
+        if self.encrypt_key.as_deref().is_none_or(str::is_empty) && !self.allow_unsigned {
+            return Err(format!(
+                "`{}` is required: without it events are not signed and can be forged with the verification token alone (set `{} = true` to accept that)",
+                k("encrypt_key"),
+                k("allow_unsigned")
+            ));
         }
         Ok(())
     }

@@ -121,6 +121,12 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Whether the request failed authentication (signature, timestamp, token) rather than
+    /// being unreadable after it passed.
+    pub fn is_authentication(&self) -> bool {
+        matches!(self, Rejection::MissingSignature | Rejection::BadSignature | Rejection::StaleTimestamp | Rejection::BadToken)
+    }
+
     /// A bounded label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -140,51 +146,53 @@ pub fn challenge_response(challenge: &str) -> String {
     serde_json::json!({ "challenge": challenge }).to_string()
 }
 
-/// Opens an incoming event request: decrypts, authenticates and classifies it.
+/// Opens an incoming event request: authenticates, decrypts and classifies it.
 ///
-/// `body` is the raw HTTP body exactly as received; `now_unix_secs` is the current time.
+/// With an Encrypt Key the signature over the raw body is checked first, before anything is
+/// decoded, decrypted or parsed; then the timestamp window. Feishu sends the URL check without
+/// signature headers, so a request without them is decrypted only to be answered if it is that
+/// check (which still needs the verification token). `body` is the raw HTTP body exactly as
+/// received; `now_unix_secs` is the current time.
 pub fn open(body: &[u8], headers: &RequestHeaders, cfg: &VerifyConfig, now_unix_secs: i64) -> Result<Envelope, Rejection> {
-    let outer: Value = serde_json::from_slice(body).map_err(|_| Rejection::BadJson)?;
-    if !outer.is_object() {
-        return Err(Rejection::BadJson);
-    }
-    let is_encrypted = outer.get("encrypt").is_some();
-
-    let key = match cfg.encrypt_key.as_deref() {
-        Some(key) => key,
-        None if is_encrypted => return Err(Rejection::EncryptedButNoKey),
-        None => return classify(outer, cfg),
+    let Some(key) = cfg.encrypt_key.as_deref() else {
+        let outer = parse_object(body)?;
+        if outer.get("encrypt").is_some() {
+            return Err(Rejection::EncryptedButNoKey);
+        }
+        return classify(outer, cfg);
     };
-
-    let signed = check_signature(body, headers, key);
-    // `None`: an `encrypt` field that is not a string, fails to decrypt, or is not JSON.
-    let payload = if is_encrypted {
-        outer
-            .get("encrypt")
-            .and_then(Value::as_str)
-            .and_then(|enc| crypto::decrypt(key, enc).ok())
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-    } else {
-        Some(outer)
-    };
-
-    match signed {
+    match check_signature(body, headers, key) {
         Ok(()) => {
-            let payload = match payload {
-                Some(p) if p.is_object() => p,
-                Some(_) => return Err(Rejection::BadJson),
-                None => return Err(Rejection::Undecryptable),
-            };
-            let envelope = classify(payload, cfg)?;
+            let envelope = classify(decrypt_payload(parse_object(body)?, key)?, cfg)?;
             if matches!(envelope, Envelope::Event(_)) {
                 check_freshness(headers.timestamp, cfg.max_skew, now_unix_secs)?;
             }
             Ok(envelope)
         }
-        Err(sig_problem) => match payload {
-            Some(p) if is_url_verification(&p) => classify(p, cfg),
-            _ => Err(sig_problem),
+        Err(Rejection::MissingSignature) => match parse_object(body).and_then(|outer| decrypt_payload(outer, key)) {
+            Ok(p) if is_url_verification(&p) => classify(p, cfg),
+            _ => Err(Rejection::MissingSignature),
         },
+        Err(e) => Err(e),
+    }
+}
+
+/// The body as a JSON object.
+fn parse_object(body: &[u8]) -> Result<Value, Rejection> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(Rejection::BadJson),
+    }
+}
+
+/// The plaintext envelope: the decrypted `encrypt` field, or the body itself.
+fn decrypt_payload(outer: Value, key: &str) -> Result<Value, Rejection> {
+    let Some(enc) = outer.get("encrypt") else { return Ok(outer) };
+    let text = enc.as_str().and_then(|e| crypto::decrypt(key, e).ok()).ok_or(Rejection::Undecryptable)?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(Rejection::BadJson),
+        Err(_) => Err(Rejection::Undecryptable),
     }
 }
 

@@ -389,7 +389,7 @@ mod tests {
             let m = parse_receive(&ev, Some(BOT)).unwrap();
             assert_eq!(m.text, None);
             assert_eq!(m.message_type, t);
-            assert!(!is_addressed(&m));
+            assert!(is_addressed(&m), "a direct message is for the bot even without text (it gets the text-only answer)");
         }
     }
 
