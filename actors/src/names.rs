@@ -33,9 +33,10 @@ pub fn worker_id(name: &str) -> Option<usize> {
     name.strip_prefix("inference.worker.")?.parse().ok()
 }
 
-/// A conversation's session actor, by conversation hash.
-pub fn session(hash: &str) -> String {
-    format!("session.{hash}")
+/// A conversation's session actor, by conversation hash and the router's generation counter:
+/// a new session never collides with an earlier one of the same conversation still stopping.
+pub fn session(hash: &str, generation: u64) -> String {
+    format!("session.{hash}.{generation}")
 }
 
 /// The egress actor of a platform account.

@@ -106,6 +106,7 @@ pub const FEISHU_TOKEN_REFRESHES: &str = "switchboard_feishu_token_refreshes_tot
 pub const MAILBOX_DEPTH: &str = "switchboard_actor_mailbox_depth";
 pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const RATE_LIMITED: &str = "switchboard_rate_limited_total";
+pub const INBOX_SWEPT: &str = "switchboard_inbox_swept_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 pub const UPTIME: &str = "switchboard_uptime_seconds";
 
@@ -153,6 +154,7 @@ pub fn describe() {
     describe_gauge!(MAILBOX_DEPTH, "Messages waiting in the mailbox of the busiest actors (sessions.router, inference.batcher).");
     describe_counter!(AUTH_FAILURES, "Failed authentications, by surface (api, admin, webhook) and reason.");
     describe_counter!(RATE_LIMITED, "Messages and requests refused by a rate limit, by platform and reason (api_key, user).");
+    describe_counter!(INBOX_SWEPT, "Stranded inbox rows (pending, held by no session) the sweeper handed back to their sessions.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the daemon started.");
 }
@@ -256,6 +258,7 @@ pub fn register_known_series(workers: usize, max_queue: usize) {
         counter!(SUPERVISOR_ESCALATIONS, "supervisor" => sup).absolute(0);
     }
     counter!(INBOX_RETRIES).absolute(0);
+    counter!(INBOX_SWEPT).absolute(0);
     for (surface, reason) in [("api", "missing_key"), ("api", "unknown_key"), ("admin", "unknown_token"), ("webhook", "unknown_account")] {
         counter!(AUTH_FAILURES, "surface" => surface, "reason" => reason).absolute(0);
     }
@@ -278,6 +281,10 @@ pub fn platform_update(platform: Platform, account: &str, kind: &'static str, ou
 
 /// A webhook request refused before anything was processed; `reason` comes from a typed
 /// rejection (`bad_secret`, `bad_signature`, …).
+pub fn inbox_swept(n: usize) {
+    counter!(INBOX_SWEPT).increment(n as u64);
+}
+
 pub fn auth_failed(surface: &'static str, reason: &'static str) {
     counter!(AUTH_FAILURES, "surface" => surface, "reason" => reason).increment(1);
 }

@@ -4,7 +4,7 @@
 //! is finished here and nowhere else, after the platform confirmed delivery (egress reports
 //! back with [`SessionMsg::Delivered`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::conversation::{self, Command, Conversation, FailureAction, on_failure};
-use super::router::{RouterMsg, move_conversation};
+use super::router::{RouterMsg, move_conversation, release};
 use super::{ChatError, ChatReply, ChatRequest, InboxConfig, SessionConfig, conversation_key};
 use crate::egress::{Delivery, DeliveryKey, Egress, OnDelivered};
 use crate::inference::{Fault, GenEvent, InferenceClient, InferenceError};
@@ -71,7 +71,7 @@ pub struct SessionState {
     /// Set while the first queued message waits for its retry backoff.
     waiting_retry: bool,
     /// Answers handed to egress whose delivery is not confirmed yet (no idle stop meanwhile).
-    deliveries: usize,
+    deliveries: HashSet<i64>,
     /// Last activity, for idle detection.
     last_active: Instant,
     /// Router sequence number of the last message received.
@@ -108,7 +108,7 @@ impl Actor for SessionActor {
             deps: args.deps,
             queue: VecDeque::new(),
             waiting_retry: false,
-            deliveries: 0,
+            deliveries: HashSet::new(),
             last_active: Instant::now(),
             last_seq: 0,
         })
@@ -130,12 +130,20 @@ impl Actor for SessionActor {
             SessionMsg::Delivered { inbox_id, delivery } => state.delivered(inbox_id, delivery).await,
             SessionMsg::IdleCheck => {
                 let idle = state.last_active.elapsed() >= Duration::from_secs(state.deps.config.idle_timeout_secs);
-                if idle && state.queue.is_empty() && state.deliveries == 0 {
+                if idle && state.queue.is_empty() && state.deliveries.is_empty() {
                     if let Some(router) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) {
                         let _ = router.cast(RouterMsg::SessionIdle { hash: state.hash.clone(), last_seq: state.last_seq });
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Rows this session still held go back to the sweeper (a stopped session answers nothing).
+    async fn post_stop(&self, _myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        for id in state.queue.iter().map(|r| r.inbox_id).chain(state.deliveries.iter().copied()) {
+            release(id);
         }
         Ok(())
     }
@@ -188,7 +196,9 @@ impl SessionState {
     async fn answered(&mut self, req: ChatRequest, reply: ChatReply, handoff: Handoff) {
         match handoff {
             Handoff::Caller => self.finish_inbox(req.inbox_id, InboxStatus::Done, None).await,
-            Handoff::Egress => self.deliveries += 1,
+            Handoff::Egress => {
+                self.deliveries.insert(req.inbox_id);
+            }
             Handoff::NoEgress => {
                 tracing::error!(platform = %req.platform, account = %req.account, "No egress for this platform account; the reply was not sent.");
                 self.finish_inbox(req.inbox_id, InboxStatus::Rejected, Some("no egress for this platform account")).await;
@@ -218,7 +228,7 @@ impl SessionState {
     /// Egress reported a delivery: the inbox row is finished, and a chat that moved takes its
     /// conversation along.
     async fn delivered(&mut self, inbox_id: i64, delivery: Delivery) {
-        self.deliveries = self.deliveries.saturating_sub(1);
+        self.deliveries.remove(&inbox_id);
         match &delivery.result {
             Ok(()) => self.finish_inbox(inbox_id, InboxStatus::Done, None).await,
             Err(e) => self.finish_inbox(inbox_id, InboxStatus::Rejected, Some(e)).await,
@@ -231,6 +241,7 @@ impl SessionState {
     }
 
     async fn finish_inbox(&self, id: i64, status: InboxStatus, error: Option<&str>) {
+        release(id);
         if let Err(e) = self.deps.store.inbox_finish(id, status, error).await {
             tracing::error!(inbox_id = id, error = %e, "Could not mark an inbox entry finished; it will be replayed at the next start.");
         }
@@ -238,6 +249,7 @@ impl SessionState {
 
     /// Moves the message to the dead-letter queue; the user gets the apology.
     async fn dead_letter(&self, req: &ChatRequest, cause: &ChatError) -> ChatError {
+        release(req.inbox_id);
         let entry = crate::ingress::entry_of(req, req.attempts);
         let id = match self.deps.store.dead_letter(&entry, &cause.to_string()).await {
             Ok(id) => id,

@@ -65,6 +65,13 @@ pub struct InboxConfig {
     /// Pending messages of another node untouched this long are taken over at start (their
     /// node is gone, e.g. a replaced pod). 0 disables.
     pub orphan_after_secs: u64,
+    /// How often the sweeper hands this node's pending messages that no session holds (e.g.
+    /// stranded while the router restarted) back to their sessions, in seconds. Default: 30.
+    pub sweep_interval_secs: u64,
+    /// How long Telegram update ids are remembered for de-duplication, in seconds. Telegram
+    /// restarts update ids at random after a week without updates, so older ids are forgotten
+    /// and a reused id is a new message. Default: 604800 (7 days).
+    pub telegram_dedup_window_secs: u64,
 }
 
 impl Default for InboxConfig {
@@ -74,6 +81,8 @@ impl Default for InboxConfig {
             retry_backoff_ms: 500,
             apology: "Sorry, I could not answer that just now. Your message was kept and will be looked at.".into(),
             orphan_after_secs: 300,
+            sweep_interval_secs: 30,
+            telegram_dedup_window_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -82,6 +91,12 @@ impl InboxConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_attempts == 0 {
             return Err("`inbox.max_attempts` must be at least 1. Given: 0".into());
+        }
+        if self.sweep_interval_secs == 0 {
+            return Err("`inbox.sweep_interval_secs` must be at least 1. Given: 0".into());
+        }
+        if self.telegram_dedup_window_secs == 0 {
+            return Err("`inbox.telegram_dedup_window_secs` must be at least 1. Given: 0".into());
         }
         Ok(())
     }

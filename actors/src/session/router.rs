@@ -2,8 +2,9 @@
 //! first use and forwarding each message without waiting, so conversations run in parallel
 //! while each one's messages stay in order (its actor's mailbox is FIFO).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
@@ -20,15 +21,33 @@ use crate::telemetry::{self, AnswerOutcome};
 /// Chat messages cast to the router and not yet handled: its mailbox depth.
 static BACKLOG: AtomicI64 = AtomicI64::new(0);
 
+/// Inbox rows on their way to or held by a session (queued, being answered, or awaiting the
+/// delivery report). The sweeper leaves these alone; every other pending row of this node is
+/// stranded and handed back to its session.
+static HELD: LazyLock<Mutex<HashSet<i64>>> = LazyLock::new(Default::default);
+
+fn held() -> std::sync::MutexGuard<'static, HashSet<i64>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The row is no longer held by a session (finished, or its session stopped).
+pub(crate) fn release(inbox_id: i64) {
+    held().remove(&inbox_id);
+}
+
 /// Hands an accepted message to the session router. When the router is not running
-/// (restarting) the request comes back; its message stays in the inbox for replay.
+/// (restarting) the request comes back; its message stays in the inbox (the sweeper or the
+/// next start hands it over again).
 pub fn route_message(req: ChatRequest) -> Result<(), ChatRequest> {
     let Some(router) = ActorRef::<RouterMsg>::where_is(names::ROUTER.to_string()) else { return Err(req) };
+    let inbox_id = req.inbox_id;
+    held().insert(inbox_id);
     telemetry::mailbox_depth(names::ROUTER, BACKLOG.fetch_add(1, Ordering::AcqRel) + 1);
     match router.cast(RouterMsg::Chat(req)) {
         Ok(()) => Ok(()),
         Err(e) => {
             BACKLOG.fetch_sub(1, Ordering::AcqRel);
+            release(inbox_id);
             match e {
                 MessagingErr::SendErr(RouterMsg::Chat(req)) => Err(req),
                 other => {
@@ -76,6 +95,8 @@ pub enum RouterMsg {
     SessionIdle { hash: String, last_seq: u64 },
     /// Timer after a session crash: hand its unanswered messages to a new session.
     Redeliver { key: String, failed_at_ms: i64 },
+    /// Timer (`inbox.sweep_interval_secs`): hand stranded rows back, expire old de-dup keys.
+    Sweep,
 }
 
 struct Live {
@@ -93,6 +114,9 @@ pub struct RouterState {
     sessions: HashMap<String, Live>,
     /// Sessions by actor id, to find the hash of a failed one.
     by_id: HashMap<ractor::ActorId, String>,
+    /// Sessions started so far: part of their names, so a new one never collides with a
+    /// stopping one.
+    generation: u64,
 }
 
 impl Actor for SessionRouterActor {
@@ -100,12 +124,13 @@ impl Actor for SessionRouterActor {
     type State = RouterState;
     type Arguments = RouterArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_secs(args.deps.inbox.sweep_interval_secs.max(1)), || RouterMsg::Sweep);
         telemetry::sessions_active(0);
         // A new router starts with an empty mailbox.
         BACKLOG.store(0, Ordering::Release);
         telemetry::mailbox_depth(names::ROUTER, 0);
-        Ok(RouterState { deps: args.deps, node: args.node, sessions: HashMap::new(), by_id: HashMap::new() })
+        Ok(RouterState { deps: args.deps, node: args.node, sessions: HashMap::new(), by_id: HashMap::new(), generation: 0 })
     }
 
     async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
@@ -122,6 +147,7 @@ impl Actor for SessionRouterActor {
             }
             RouterMsg::Evict { key } => state.stop(&conversation_hash(&key)),
             RouterMsg::Redeliver { key, failed_at_ms } => state.redeliver(&key, failed_at_ms).await,
+            RouterMsg::Sweep => state.sweep().await,
         }
         Ok(())
     }
@@ -167,13 +193,15 @@ impl RouterState {
                 account: request.account.clone(),
                 deps: self.deps.clone(),
             };
-            match Actor::spawn_linked(Some(names::session(&hash)), SessionActor, args, myself.get_cell()).await {
+            self.generation += 1;
+            match Actor::spawn_linked(Some(names::session(&hash, self.generation)), SessionActor, args, myself.get_cell()).await {
                 Ok((actor, _)) => {
                     self.by_id.insert(actor.get_id(), hash.clone());
                     self.sessions.insert(hash.clone(), Live { actor, key: request.conversation.clone(), seq: 0 });
                     telemetry::sessions_active(self.sessions.len());
                 }
                 Err(e) => {
+                    release(request.inbox_id);
                     tracing::error!(session = %hash, error = %e, "Could not start a session (its message stays in the inbox).");
                     if let Some(caller) = request.caller {
                         let _ = caller.reply.send(Err(ChatError::Storage(format!("could not start the session: {e}"))));
@@ -222,6 +250,34 @@ impl RouterState {
             if let Err(e) = ingress::resume(&entry) {
                 tracing::warn!(inbox_id = entry.id, error = %e, "Could not redeliver a message; it is replayed at the next start.");
             }
+        }
+    }
+
+    /// Hands this node's pending rows that no session holds back to their sessions (stranded
+    /// while the router restarted, or by a session stopped with messages queued), and forgets
+    /// Telegram de-dup keys older than the window.
+    async fn sweep(&self) {
+        let inbox = &self.deps.inbox;
+        let now = now_ms();
+        let settled = now - (inbox.sweep_interval_secs as i64) * 1000;
+        match self.deps.store.inbox_pending(&self.node).await {
+            Ok(pending) => {
+                let stranded: Vec<_> = pending.into_iter().filter(|e| e.created_ms < settled && !held().contains(&e.id)).collect();
+                if !stranded.is_empty() {
+                    tracing::warn!(count = stranded.len(), "Handing stranded inbox rows back to their sessions.");
+                    telemetry::inbox_swept(stranded.len());
+                }
+                for entry in &stranded {
+                    if let Err(e) = ingress::resume(entry) {
+                        tracing::warn!(inbox_id = entry.id, error = %e, "Could not hand a stranded message back.");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "The sweeper could not read the inbox."),
+        }
+        let window_ms = (inbox.telegram_dedup_window_secs as i64).saturating_mul(1000);
+        if let Err(e) = self.deps.store.inbox_expire_dedup("telegram:", now - window_ms).await {
+            tracing::warn!(error = %e, "Could not expire old Telegram de-dup keys.");
         }
     }
 

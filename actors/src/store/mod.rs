@@ -160,6 +160,9 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_claim_orphans(&self, node: &str, stale_ms: i64) -> StoreResult<Vec<InboxEntry>>;
     /// Pending rows (all nodes).
     async fn inbox_depth(&self) -> StoreResult<i64>;
+    /// Forgets the de-duplication keys starting with `prefix` of rows created before
+    /// `older_than_ms` (their ids may be reused by the platform). Returns rows changed.
+    async fn inbox_expire_dedup(&self, prefix: &str, older_than_ms: i64) -> StoreResult<u64>;
 
     /// Moves an inbox row to the dead-letter queue; returns the dead letter's id.
     async fn dead_letter(&self, entry: &InboxEntry, error: &str) -> StoreResult<i64>;

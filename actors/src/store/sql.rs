@@ -255,6 +255,12 @@ impl Store for SqlStore {
         Ok(out)
     }
 
+    async fn inbox_expire_dedup(&self, prefix: &str, older_than_ms: i64) -> StoreResult<u64> {
+        let sql = self.q("UPDATE inbox SET dedup_key = NULL WHERE dedup_key LIKE ? AND created_ms < ?");
+        let r = sqlx::query(&sql).bind(format!("{prefix}%")).bind(older_than_ms).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
     async fn inbox_depth(&self) -> StoreResult<i64> {
         let r = sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE status = 'pending'").fetch_one(&self.pool).await?;
         Ok(r.try_get("n")?)
